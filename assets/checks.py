@@ -1,0 +1,74 @@
+"""Blocking quality gates in a few lines: a Great Expectations suite as a Dagster asset check.
+
+    gx_check("raw_web", suite=lambda r: corpus_suite(...), frame=corpus_frame)
+
+makes a blocking check that validates the version the asset just committed; a failure stops
+everything downstream in the same run and shows counts and failing examples as metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+import pandas as pd
+
+from assets.resources import RecipeResource, StoreResource
+from nanbeige_data.quality import CheckReport, validate_frame
+from nanbeige_data.recipe import Recipe
+from nanbeige_data.store import Version, VersionedStore
+
+
+def committed_version(
+    context: dg.AssetCheckExecutionContext, store: VersionedStore, key: dg.AssetKey
+) -> Version:
+    """The version recorded by the asset's latest materialization (the one this run made)."""
+    event = context.instance.get_latest_materialization_event(key)
+    if event is not None and event.asset_materialization is not None:
+        recorded = event.asset_materialization.metadata.get("version_id")
+        if recorded is not None:
+            return store.get(key.to_python_identifier(), str(recorded.value))
+    return store.require(key.to_python_identifier())
+
+
+def report_metadata(report: CheckReport) -> dict:
+    failures = {
+        f"{r.expectation}[{r.column or ''}]": {
+            "unexpected": r.unexpected_count,
+            "of": r.element_count,
+            "examples": [str(x)[:200] for x in r.examples[:5]],
+        }
+        for r in report.failures
+    }
+    return {
+        "rows": report.rows,
+        "expectations": len(report.results),
+        "failed_expectations": len(report.failures),
+        "failures": dg.MetadataValue.json(failures),
+        "report": dg.MetadataValue.md("```\n" + report.summary() + "\n```"),
+    }
+
+
+def gx_check(
+    asset: str,
+    *,
+    name: str,
+    suite: Callable[[Recipe], list],
+    frame: Callable[[Version], pd.DataFrame],
+    description: str = "",
+) -> dg.AssetChecksDefinition:
+    """A blocking asset check that runs a GE suite on a frame built from the asset's version."""
+
+    @dg.asset_check(asset=asset, name=name, blocking=True, description=description)
+    def _check(
+        context: dg.AssetCheckExecutionContext, recipe: RecipeResource, store: StoreResource
+    ) -> dg.AssetCheckResult:
+        version = committed_version(context, store.open(), dg.AssetKey(asset))
+        report = validate_frame(frame(version), suite(recipe.load()), suite_name=f"{asset}.{name}")
+        context.log.info(report.summary())
+        return dg.AssetCheckResult(
+            passed=report.success,
+            metadata={"version_id": version.version_id, **report_metadata(report)},
+        )
+
+    return _check

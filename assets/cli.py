@@ -1,0 +1,139 @@
+"""`nanbeige`: run the pipeline and look into the store from a terminal.
+
+    nanbeige run [--recipe tiny] [--select "group:corpus"]   materialize (the main job by default)
+    nanbeige recipe check [tiny|path.yaml]                   validate a recipe, print its sections
+    nanbeige versions <asset>                                list an asset's versions
+    nanbeige manifest <asset> [--version ID]                 print a version's manifest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from nanbeige_data.recipe import RECIPE_ENV, RecipeError, load_recipe, resolve_recipe_path
+from nanbeige_data.store import StoreError, VersionedStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _use_recipe(ref: str | None) -> None:
+    if ref:
+        os.environ[RECIPE_ENV] = str(resolve_recipe_path(ref))
+    os.environ.setdefault("DAGSTER_HOME", str(REPO / "dagster_home"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _use_recipe(args.recipe)
+    recipe = load_recipe()  # fail before any asset runs
+    import dagster as dg
+
+    from assets.definitions import defs
+    from assets.resources import default_store_root
+
+    store_root = args.store or default_store_root()
+    os.environ["NANBEIGE_STORE"] = store_root
+    print(f"recipe {recipe.name} ({resolve_recipe_path()}); store {store_root}; "
+          f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}", flush=True)
+    job = defs.resolve_job_def("main")
+    keys = None
+    if args.select:
+        graph = defs.resolve_asset_graph()
+        keys = list(dg.AssetSelection.from_string(args.select).resolve(graph))
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=keys
+        )
+        print(_summary(result, VersionedStore(store_root), time.monotonic() - started))
+    return 0 if result.success else 1
+
+
+def _summary(result, store: VersionedStore, seconds: float) -> str:
+    lines = [f"\n{'succeeded' if result.success else 'FAILED'} in {seconds:.0f}s "
+             f"(run {result.run_id})", "", "assets:"]
+    for event in result.get_asset_materialization_events():
+        mat = event.asset_materialization
+        meta = mat.metadata
+        version = meta.get("version_id").value if meta.get("version_id") else "?"
+        path = meta.get("path").value if meta.get("path") else ""
+        counts = ", ".join(f"{k}={meta[k].value}" for k in ("documents", "bytes", "chars")
+                           if k in meta)
+        lines.append(f"  {mat.asset_key.to_user_string():<18} {version}  {counts}\n"
+                     f"  {'':<18} {path}")
+    checks = result.get_asset_check_evaluations()
+    if checks:
+        lines.append("checks:")
+        for ev in checks:
+            mark = "passed" if ev.passed else "FAILED"
+            lines.append(f"  {ev.asset_key.to_user_string()}:{ev.check_name} {mark}")
+    failed = [e for e in result.all_events if e.is_step_failure]
+    for ev in failed:
+        lines.append(f"step failed: {ev.step_key}: {ev.step_failure_data.error.message.strip()}")
+    lines += ["", f"store: {store.url}   (each version has a manifest.json with its lineage)",
+              "UI:    make ui   (dagster dev on http://127.0.0.1:3000)",
+              "query: duckdb -c \"select * from 'data/store/corpus_summary/*/summary.parquet'\""]
+    return "\n".join(lines)
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    print(f"recipe {recipe.name} ({resolve_recipe_path(args.recipe)}) is valid")
+    for section in type(recipe).model_fields:
+        if section not in ("name", "seed"):
+            print(f"  {section:<12} {recipe.section_hash(section)}")
+    print(f"  total pretraining tokens {recipe.curriculum.total_tokens:,}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
+    for v in store.versions(args.asset):
+        counts = " ".join(f"{k}={n}" for k, n in v.manifest.get("counts", {}).items())
+        print(f"{v.version_id}  {v.manifest['created_at']}  {counts}")
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
+    v = store.get(args.asset, args.version) if args.version else store.require(args.asset)
+    print(json.dumps(v.manifest, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nanbeige", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the main job (or a selection)")
+    run.add_argument("--recipe", help="recipe name or YAML path (default $NANBEIGE_RECIPE/tiny)")
+    run.add_argument("--store", help="store root, path or fsspec URL (default data/store)")
+    run.add_argument("--select", help='asset selection, e.g. "group:corpus" or "raw_web+"')
+    run.set_defaults(fn=cmd_run)
+    rec = sub.add_parser("recipe", help="validate a recipe")
+    rec.add_argument("action", choices=["check"])
+    rec.add_argument("recipe", nargs="?")
+    rec.set_defaults(fn=cmd_recipe)
+    ver = sub.add_parser("versions", help="list an asset's versions")
+    ver.add_argument("asset")
+    ver.add_argument("--store")
+    ver.set_defaults(fn=cmd_versions)
+    man = sub.add_parser("manifest", help="print a version's manifest")
+    man.add_argument("asset")
+    man.add_argument("--version")
+    man.add_argument("--store")
+    man.set_defaults(fn=cmd_manifest)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (RecipeError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The Definitions: every asset, check, resource and job of the pipeline, in one place."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
+from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
+
+ALL_ASSETS = [*RAW_ASSETS, corpus_summary]
+ALL_CHECKS = [*RAW_CHECKS]
+
+main_job = dg.define_asset_job(
+    "main",
+    selection=dg.AssetSelection.all(),
+    description="The whole asset graph with the recipe's settings (tiny recipe on CPU by default).",
+    executor_def=dg.in_process_executor,
+)
+corpus_job = dg.define_asset_job(
+    "corpus", selection=dg.AssetSelection.groups("corpus"), executor_def=dg.in_process_executor
+)
+
+
+def build_resources(store_root: str = "", recipe: str = "") -> dict:
+    return {
+        "recipe": RecipeResource(path=recipe),
+        "store": StoreResource(root=store_root),
+        "io_manager": VersionedStoreIOManager(root=store_root),
+    }
+
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
+    jobs=[main_job, corpus_job],
+    resources=build_resources(),
+)

@@ -1,0 +1,63 @@
+"""One way for every asset to write a version: stage, let the library fill it, commit, report.
+
+`code_version` of an asset = its library module's CODE_VERSION + the hash of the recipe section
+it reads, so a recipe change marks exactly the assets that read that section stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+
+from nanbeige_data.recipe import Recipe, load_recipe
+from nanbeige_data.store import Staging, Version, VersionedStore
+
+
+def code_version(module_version: str, section: str) -> str:
+    """Definition-time code version: module version + the section hash of the env recipe."""
+    return f"{module_version}+{load_recipe().section_hash(section)}"
+
+
+@contextlib.contextmanager
+def staged(store: VersionedStore, context: dg.AssetExecutionContext) -> Iterator[Staging]:
+    with store.stage(context.asset_key.to_python_identifier()) as staging:
+        yield staging
+
+
+def commit(
+    context: dg.AssetExecutionContext,
+    store: VersionedStore,
+    staging: Staging,
+    *,
+    recipe: Recipe,
+    section: str,
+    counts: Mapping[str, int],
+    inputs: Mapping[str, Version] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dg.Output[Version]:
+    """Seal the staging dir as a new version and return it as a Dagster output."""
+    version = store.commit(
+        staging,
+        inputs=dict(inputs or {}),
+        code_version=context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+        recipe_hash=recipe.section_hash(section),
+        recipe_name=recipe.name,
+        counts=dict(counts),
+        extra={"run_id": context.run_id, "seed": recipe.seed, **(extra or {})},
+    )
+    context.log.info(f"committed {version.key} {version.version_id} at {version.path}")
+    meta: dict[str, Any] = {
+        "version_id": version.version_id,
+        "data_version": version.data_version,
+        "path": dg.MetadataValue.path(version.path),
+        "recipe": recipe.name,
+        "recipe_hash": recipe.section_hash(section),
+        "inputs": dg.MetadataValue.json(version.manifest["inputs"]),
+        **{k: int(v) for k, v in counts.items()},
+        **(metadata or {}),
+    }
+    return dg.Output(version, data_version=dg.DataVersion(version.data_version), metadata=meta)
