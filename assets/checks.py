@@ -6,8 +6,6 @@ makes a blocking check that validates the version the asset just committed; a fa
 everything downstream in the same run and shows counts and failing examples as metadata.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import dagster as dg

@@ -1,9 +1,9 @@
 """`nanbeige`: run the pipeline and look into the store from a terminal.
 
-    nanbeige run [--recipe tiny] [--select "group:corpus"]   materialize (the main job by default)
-    nanbeige recipe check [tiny|path.yaml]                   validate a recipe, print its sections
-    nanbeige versions <asset>                                list an asset's versions
-    nanbeige manifest <asset> [--version ID]                 print a version's manifest
+nanbeige run [--recipe tiny] [--select "group:corpus"]   materialize (the main job by default)
+nanbeige recipe check [tiny|path.yaml]                   validate a recipe, print its sections
+nanbeige versions <asset>                                list an asset's versions
+nanbeige manifest <asset> [--version ID]                 print a version's manifest
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     store_root = args.store or default_store_root()
     os.environ["NANBEIGE_STORE"] = store_root
-    print(f"recipe {recipe.name} ({resolve_recipe_path()}); store {store_root}; "
-          f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}", flush=True)
+    print(
+        f"recipe {recipe.name} ({resolve_recipe_path()}); store {store_root}; "
+        f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}",
+        flush=True,
+    )
     job = defs.resolve_job_def("main")
     keys = None
     if args.select:
@@ -47,24 +50,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            instance=instance, raise_on_error=False, asset_selection=keys
+            instance=instance,
+            raise_on_error=False,
+            asset_selection=keys,
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         )
         print(_summary(result, VersionedStore(store_root), time.monotonic() - started))
     return 0 if result.success else 1
 
 
 def _summary(result, store: VersionedStore, seconds: float) -> str:
-    lines = [f"\n{'succeeded' if result.success else 'FAILED'} in {seconds:.0f}s "
-             f"(run {result.run_id})", "", "assets:"]
+    lines = [
+        f"\n{'succeeded' if result.success else 'FAILED'} in {seconds:.0f}s (run {result.run_id})",
+        "",
+        "assets:",
+    ]
     for event in result.get_asset_materialization_events():
-        mat = event.asset_materialization
+        mat = event.step_materialization_data.materialization
         meta = mat.metadata
         version = meta.get("version_id").value if meta.get("version_id") else "?"
         path = meta.get("path").value if meta.get("path") else ""
-        counts = ", ".join(f"{k}={meta[k].value}" for k in ("documents", "bytes", "chars")
-                           if k in meta)
-        lines.append(f"  {mat.asset_key.to_user_string():<18} {version}  {counts}\n"
-                     f"  {'':<18} {path}")
+        counts = ", ".join(
+            f"{k}={meta[k].value}" for k in ("documents", "bytes", "chars") if k in meta
+        )
+        lines.append(
+            f"  {mat.asset_key.to_user_string():<18} {version}  {counts}\n  {'':<18} {path}"
+        )
     checks = result.get_asset_check_evaluations()
     if checks:
         lines.append("checks:")
@@ -74,9 +85,12 @@ def _summary(result, store: VersionedStore, seconds: float) -> str:
     failed = [e for e in result.all_events if e.is_step_failure]
     for ev in failed:
         lines.append(f"step failed: {ev.step_key}: {ev.step_failure_data.error.message.strip()}")
-    lines += ["", f"store: {store.url}   (each version has a manifest.json with its lineage)",
-              "UI:    make ui   (dagster dev on http://127.0.0.1:3000)",
-              "query: duckdb -c \"select * from 'data/store/corpus_summary/*/summary.parquet'\""]
+    lines += [
+        "",
+        f"store: {store.url}   (each version has a manifest.json with its lineage)",
+        "UI:    make ui   (dagster dev on http://127.0.0.1:3000)",
+        'query: .venv/bin/nanbeige sql "select * from corpus_summary"',
+    ]
     return "\n".join(lines)
 
 
@@ -98,6 +112,16 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from nanbeige_data.summary import query_store
+
+    with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60):
+        print(query_store(args.store or os.environ.get("NANBEIGE_STORE") or "data/store", args.sql))
+    return 0
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
     v = store.get(args.asset, args.version) if args.version else store.require(args.asset)
@@ -106,13 +130,15 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nanbeige", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="nanbeige", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the main job (or a selection)")
     run.add_argument("--recipe", help="recipe name or YAML path (default $NANBEIGE_RECIPE/tiny)")
     run.add_argument("--store", help="store root, path or fsspec URL (default data/store)")
     run.add_argument("--select", help='asset selection, e.g. "group:corpus" or "raw_web+"')
+    run.add_argument("--log-level", default="INFO", help="console log level (DEBUG for steps)")
     run.set_defaults(fn=cmd_run)
     rec = sub.add_parser("recipe", help="validate a recipe")
     rec.add_argument("action", choices=["check"])
@@ -127,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     man.add_argument("--version")
     man.add_argument("--store")
     man.set_defaults(fn=cmd_manifest)
+    sql = sub.add_parser("sql", help="SQL (DuckDB) over the newest version of every table asset")
+    sql.add_argument("sql")
+    sql.add_argument("--store")
+    sql.add_argument("--rows", type=int, default=40)
+    sql.set_defaults(fn=cmd_sql)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

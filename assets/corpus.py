@@ -1,12 +1,10 @@
 """The corpus group: one raw_<domain> asset per domain (a factory) and corpus_summary."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from assets.checks import gx_check
 from assets.resources import RecipeResource, StoreResource
-from assets.versioning import code_version, commit
+from assets.versioning import code_version, commit, staged
 from nanbeige_data import corpus, summary
 from nanbeige_data.quality import corpus_frame, corpus_suite
 from nanbeige_data.store import Version
@@ -34,7 +32,7 @@ def raw_domain_asset(domain: str) -> dg.AssetsDefinition:
         rcp = recipe.load()
         cfg = rcp.corpus.domain(domain)
         vstore = store.open()
-        with vstore.stage(context.asset_key.to_python_identifier()) as staging:
+        with staged(vstore, context) as staging:
             stats = corpus.build_domain(
                 domain,
                 source=cfg.source,
@@ -45,14 +43,20 @@ def raw_domain_asset(domain: str) -> dg.AssetsDefinition:
                 out_dir=staging.path,
             )
             origin = (
-                {s.name: {"license": s.license, "origin": s.origin}
-                 for s in corpus.EMBEDDED_SOURCES[domain]}
-                if cfg.source == "embedded" else {"files": cfg.paths}
+                {
+                    s.name: {"license": s.license, "origin": s.origin}
+                    for s in corpus.EMBEDDED_SOURCES[domain]
+                }
+                if cfg.source == "embedded"
+                else {"files": cfg.paths}
             )
             return commit(
-                context, vstore, staging, recipe=rcp, section="corpus",
-                counts={"documents": stats.documents, "bytes": stats.bytes,
-                        "shards": stats.shards},
+                context,
+                vstore,
+                staging,
+                recipe=rcp,
+                section="corpus",
+                counts={"documents": stats.documents, "bytes": stats.bytes, "shards": stats.shards},
                 metadata={
                     "source": cfg.source,
                     "per_source": dg.MetadataValue.json(stats.per_source),
@@ -96,16 +100,25 @@ def corpus_summary(
     raw_code: Version,
     raw_papers: Version,
 ) -> dg.Output[Version]:
-    raw = {"raw_web": raw_web, "raw_books": raw_books, "raw_code": raw_code,
-           "raw_papers": raw_papers}
+    raw = {
+        "raw_web": raw_web,
+        "raw_books": raw_books,
+        "raw_code": raw_code,
+        "raw_papers": raw_papers,
+    }
     rcp = recipe.load()
     vstore = store.open()
-    with vstore.stage("corpus_summary") as staging:
+    with staged(vstore, context) as staging:
         table = summary.summarize_corpus(
             {key.removeprefix("raw_"): v.path for key, v in raw.items()}, staging.path
         )
         return commit(
-            context, vstore, staging, recipe=rcp, section="corpus", inputs=raw,
+            context,
+            vstore,
+            staging,
+            recipe=rcp,
+            section="corpus",
+            inputs=raw,
             counts={"documents": int(table["documents"].sum()), "chars": int(table["chars"].sum())},
             metadata={"table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False))},
         )

@@ -1,7 +1,5 @@
 """The Definitions: every asset, check, resource and job of the pipeline, in one place."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary

@@ -4,8 +4,6 @@ Which recipe and which store root are picked here, once: from run config when gi
 $NANBEIGE_RECIPE / $NANBEIGE_STORE, else the tiny recipe and ./data/store.
 """
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg
@@ -59,8 +57,10 @@ class VersionedStoreIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Version) -> None:
         if not isinstance(obj, Version):
-            raise TypeError(f"{context.asset_key.to_user_string()} must return a store Version, "
-                            f"got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return a store Version, "
+                f"got {type(obj).__name__}"
+            )
 
     def load_input(self, context: dg.InputContext) -> Version:
         key = context.asset_key

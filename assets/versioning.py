@@ -4,16 +4,15 @@
 it reads, so a recipe change marks exactly the assets that read that section stale.
 """
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 
-from nanbeige_data.recipe import Recipe, load_recipe
-from nanbeige_data.store import Staging, Version, VersionedStore
+from nanbeige_data.corpus import CorpusError
+from nanbeige_data.recipe import Recipe, RecipeError, load_recipe
+from nanbeige_data.store import Staging, StoreError, Version, VersionedStore
 
 
 def code_version(module_version: str, section: str) -> str:
@@ -21,10 +20,20 @@ def code_version(module_version: str, section: str) -> str:
     return f"{module_version}+{load_recipe().section_hash(section)}"
 
 
+INPUT_ERRORS = (CorpusError, RecipeError, StoreError)
+
+
 @contextlib.contextmanager
 def staged(store: VersionedStore, context: dg.AssetExecutionContext) -> Iterator[Staging]:
-    with store.stage(context.asset_key.to_python_identifier()) as staging:
-        yield staging
+    """A staging dir for this asset; bad input becomes a clear Failure, not a traceback."""
+    try:
+        with store.stage(context.asset_key.to_python_identifier()) as staging:
+            yield staging
+    except INPUT_ERRORS as exc:
+        raise dg.Failure(
+            description=f"{context.asset_key.to_user_string()}: {exc}",
+            metadata={"error": type(exc).__name__, "nothing_written": True},
+        ) from exc
 
 
 def commit(

@@ -38,8 +38,10 @@ class ExpectationResult:
         mark = "ok" if self.success else "FAILED"
         where = f"[{self.column}]" if self.column else ""
         tail = f" e.g. {self.examples[:5]}" if self.examples and not self.success else ""
-        return (f"{mark}: {self.expectation}{where} unexpected {self.unexpected_count}"
-                f"/{self.element_count}{tail}")
+        return (
+            f"{mark}: {self.expectation}{where} unexpected {self.unexpected_count}"
+            f"/{self.element_count}{tail}"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ def validate_frame(frame: pd.DataFrame, expectations: list, suite_name: str) -> 
                 expectation=cfg.type,
                 column=cfg.kwargs.get("column"),
                 success=bool(res.success),
-                element_count=int(detail.get("element_count", detail.get("observed_value", 0))
-                                  or 0),
+                element_count=int(
+                    detail.get("element_count", detail.get("observed_value", 0)) or 0
+                ),
                 unexpected_count=int(detail.get("unexpected_count", 0) or 0),
                 examples=list(detail.get("partial_unexpected_list", []) or [])[:10],
             )

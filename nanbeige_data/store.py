@@ -160,8 +160,10 @@ class VersionedStore:
             else:
                 staging = Staging(key, Path(tempfile.mkdtemp(prefix=name)), self._asset_dir(key))
         except OSError as exc:
-            raise StoreError(f"cannot create a staging directory for {key!r} under "
-                             f"{self.url}: {exc.strerror or exc}") from exc
+            raise StoreError(
+                f"cannot create a staging directory for {key!r} under "
+                f"{self.url}: {exc.strerror or exc}"
+            ) from exc
         try:
             yield staging
         finally:
@@ -214,8 +216,9 @@ class VersionedStore:
                     self.fs.put_file(str(staging.path / item["path"]), f"{target}/{item['path']}")
                 self.fs.put_file(str(staging.path / MANIFEST), f"{target}/{MANIFEST}")
         except OSError as exc:
-            raise StoreError(f"cannot commit {staging.key!r} to {target}: "
-                             f"{exc.strerror or exc}") from exc
+            raise StoreError(
+                f"cannot commit {staging.key!r} to {target}: {exc.strerror or exc}"
+            ) from exc
         return Version(staging.key, version_id, target, manifest)
 
     def prune(self, key: str, keep: int = 3) -> list[str]:

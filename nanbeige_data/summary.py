@@ -15,6 +15,18 @@ import polars as pl
 CODE_VERSION = "1"
 
 
+def query_store(store_root: str | Path, sql: str) -> pl.DataFrame:
+    """Run SQL over the store: each asset's newest version is a view named after the asset."""
+    root = Path(store_root)
+    with duckdb.connect() as con:
+        for asset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            versions = sorted(v for v in asset_dir.iterdir() if (v / "manifest.json").exists())
+            if versions and any(versions[-1].glob("*.parquet")):
+                pattern = str(versions[-1] / "*.parquet").replace("'", "''")
+                con.sql(f"CREATE VIEW {asset_dir.name} AS SELECT * FROM read_parquet('{pattern}')")
+        return con.sql(sql).pl()
+
+
 def summarize_corpus(domain_dirs: Mapping[str, str | Path], out_dir: Path) -> pl.DataFrame:
     """One row per (domain, source): documents, chars, mean/max chars; written to out_dir."""
     parts = []
@@ -22,19 +34,21 @@ def summarize_corpus(domain_dirs: Mapping[str, str | Path], out_dir: Path) -> pl
         for domain, version_dir in sorted(domain_dirs.items()):
             pattern = str(Path(version_dir) / "*.parquet")
             parts.append(
-                con.execute(
+                con.sql(
                     """
                     SELECT ? AS domain, source, count(*) AS documents,
                            sum(length(text)) AS chars, round(avg(length(text))) AS mean_chars,
                            max(length(text)) AS max_chars
                     FROM read_parquet(?) GROUP BY source ORDER BY source
                     """,
-                    [domain, pattern],
+                    params=[domain, pattern],
                 ).pl()
             )
     table = pl.concat(parts).with_columns(
-        pl.col("documents").cast(pl.Int64), pl.col("chars").cast(pl.Int64),
-        pl.col("mean_chars").cast(pl.Int64), pl.col("max_chars").cast(pl.Int64),
+        pl.col("documents").cast(pl.Int64),
+        pl.col("chars").cast(pl.Int64),
+        pl.col("mean_chars").cast(pl.Int64),
+        pl.col("max_chars").cast(pl.Int64),
     )
     table.write_parquet(out_dir / "summary.parquet")
     return table

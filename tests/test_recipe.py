@@ -27,7 +27,11 @@ def test_paper_recipe_has_the_papers_numbers():
     assert r.sft.cold_start_mixture == {"math": 0.5, "science": 0.3, "code": 0.2}
     assert (r.rl.pass_rate_k, r.rl.pass_rate_low, r.rl.pass_rate_high) == (16, 0.1, 0.9)
     assert (r.eval.temperature, r.eval.top_p, r.eval.k["aime"], r.eval.k["default"]) == (
-        0.6, 0.95, 8, 3)
+        0.6,
+        0.95,
+        8,
+        3,
+    )
     kinds = [d.kind for d in r.refinery.tag_dimensions]
     assert len(kinds) == 20 and {"content", "format"} == set(kinds)
 
@@ -42,8 +46,12 @@ def test_tiny_recipe_is_the_default_and_keeps_paper_proportions():
     ("path", "value", "field", "reason"),
     [
         (("curriculum", "lr_peak"), -1.0, "curriculum.lr_peak", "greater than 0"),
-        (("curriculum", "stages", 1, "mixture", "web/diverse"), 0.9, "curriculum.stages.1.mixture",
-         "sum to"),
+        (
+            ("curriculum", "stages", 1, "mixture", "web/diverse"),
+            0.9,
+            "curriculum.stages.1.mixture",
+            "sum to",
+        ),
         (("model", "n_heads"), 3, "model", "not divisible"),
         (("rl", "pass_rate_low"), 0.95, "rl", "must be below"),
         (("corpus", "web", "source"), "s3", "corpus.web.source", "'embedded' or 'files'"),

@@ -1,0 +1,49 @@
+"""Shared fixtures: a temporary store and recipe per test, an ephemeral Dagster instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nanbeige_data.recipe import RECIPES_DIR
+
+
+@pytest.fixture
+def store_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "store"
+    monkeypatch.setenv("NANBEIGE_STORE", str(root))
+    return root
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def files_recipe(tmp_path, monkeypatch):
+    """Make a recipe whose four domains read small JSONL files; returns a writer function."""
+
+    def make(docs_by_domain: dict[str, list[dict]], name: str = "files") -> Path:
+        raw = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+        for domain, rows in docs_by_domain.items():
+            target = write_jsonl(tmp_path / "corpus" / domain / "part-0.jsonl", rows)
+            raw["corpus"][domain] = {"source": "files", "paths": [str(target)]}
+        raw["name"] = name
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        monkeypatch.setenv("NANBEIGE_RECIPE", str(path))
+        return path
+
+    return make
+
+
+def prose(i: int, domain: str) -> str:
+    return (
+        f"Document {i} of the {domain} test corpus talks about rivers, mountains and the "
+        f"history of mapping them with care; paragraph {i} continues for a while. "
+    ) * 3
