@@ -84,40 +84,85 @@ class TagDimension(Section):
     question: str
 
 
-class RefineryConfig(Section):
-    executor: Literal["local", "slurm", "ray"] = "local"
-    workers: PositiveInt = 2
-    language: str = "en"
+class FilterSection(Section):
+    language: str = "en"  # documents in other languages are dropped (prose domains)
     min_language_score: Fraction = 0.65
-    dedup_ngram: PositiveInt = 5
-    minhash_buckets: PositiveInt = 14
-    minhash_hashes_per_bucket: PositiveInt = 8
-    decontamination_ngram: PositiveInt = 13
-    annotator_model: str = "smollm2-135m-instruct"
-    annotation_sample: PositiveInt = 200
-    tag_dimensions: list[TagDimension] = []
+    max_doc_chars: PositiveInt = 1_000_000  # longer documents are dropped as "too_long"
+
+
+class DedupSection(Section):
+    ngram: PositiveInt = 5  # MinHash shingle size in words
+    buckets: PositiveInt = 14
+    hashes_per_bucket: PositiveInt = 8
+
+
+class DecontaminationSection(Section):
+    ngram: PositiveInt = 13  # a document sharing an n-gram with any eval item is removed
+    min_overlaps: PositiveInt = 1
+
+
+class TaggingSection(Section):
+    annotator: str = (
+        "smollm2-135m-instruct"  # packaged GGUF, a model path, or http://host/v1::model
+    )
+    sample: PositiveInt = 200  # documents the LLM judge labels; a classifier scores the rest
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    max_doc_tokens: PositiveInt = 384
+    dimensions: list[TagDimension] = []
+
+    @field_validator("dimensions")
+    @classmethod
+    def _unique_dims(cls, v: list[TagDimension]) -> list[TagDimension]:
+        names = [d.name for d in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tag dimension names must be unique, got {names}")
+        if v and {d.kind for d in v} != {"content", "format"}:
+            raise ValueError("tag dimensions need both content and format dimensions")
+        return v
+
+
+class RetrievalSection(Section):
+    exemplars: list[str] = ["reasoning_gym", "britannica"]  # named high-quality exemplar sets
+    exemplars_per_set: PositiveInt = 64
+    top_k: PositiveInt = 50
+    rrf_k: PositiveInt = 60
+    embed_max_chars: PositiveInt = 1000
+
+
+class TierSection(Section):
     content_weight: Fraction = 0.7  # content over format, as the paper found
     retrieval_weight: Fraction = 0.3
-    retrieval_top_k: PositiveInt = 50
-    rrf_k: PositiveInt = 60
-    tier_cutoffs: tuple[float, float] = (3.0, 6.0)  # utility < a: rejected; >= b: high-quality
-    high_quality_epochs: Annotated[float, Field(ge=1.0)] = 2.0
-    min_kept_fraction: Fraction = 0.2
+    mode: Literal["quantile", "absolute"] = "quantile"
+    cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utility: < a rejected, >= b high
+    quantiles: tuple[float, float] = (0.2, 0.6)  # the same cuts as utility quantiles
+    high_quality_epochs: Annotated[float, Field(ge=2.0)] = 2.0  # paper: upsampled >= 2 epochs
+    min_kept_fraction: Fraction = 0.2  # gate: at least this share of documents is kept
+    high_fraction_bounds: tuple[Fraction, Fraction] = (0.05, 0.8)  # gate on the high tier's share
 
-    @field_validator("tier_cutoffs")
+    @field_validator("cutoffs")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 <= v[0] < v[1] <= 9:
             raise ValueError("tier cut-offs must satisfy 0 <= rejected < high_quality <= 9")
         return v
 
-    @field_validator("tag_dimensions")
+    @field_validator("quantiles", "high_fraction_bounds")
     @classmethod
-    def _unique_dims(cls, v: list[TagDimension]) -> list[TagDimension]:
-        names = [d.name for d in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"tag dimension names must be unique, got {names}")
+    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be increasing, got {v}")
         return v
+
+
+class RefineryConfig(Section):
+    executor: Literal["local", "slurm", "ray"] = "local"  # datatrove executor
+    workers: PositiveInt = 2  # datatrove tasks
+    filters: FilterSection = FilterSection()
+    dedup: DedupSection = DedupSection()
+    decontamination: DecontaminationSection = DecontaminationSection()
+    tagging: TaggingSection = TaggingSection()
+    retrieval: RetrievalSection = RetrievalSection()
+    tiers: TierSection = TierSection()
 
 
 # --- tokenizer, model, curriculum, pretraining ------------------------------------------
@@ -264,10 +309,19 @@ class Recipe(Section):
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
 
-    def section_hash(self, section: str) -> str:
-        """Version of one section plus the global seed (which every stage consumes)."""
-        part = getattr(self, section)
-        return hashlib.sha256(f"{part.version_hash()}:{self.seed}".encode()).hexdigest()[:16]
+    def section(self, path: str) -> Section:
+        """A section by dotted path, e.g. ``refinery.tiers``."""
+        part = self
+        for name in path.split("."):
+            part = getattr(part, name)
+        return part
+
+    def section_hash(self, *paths: str) -> str:
+        """Version of one or more sections plus the global seed (which every stage consumes).
+
+        Execution settings (executor, workers) are not part of any stage's identity."""
+        parts = [self.section(p).version_hash() for p in paths]
+        return hashlib.sha256(f"{':'.join(parts)}:{self.seed}".encode()).hexdigest()[:16]
 
 
 def resolve_recipe_path(name_or_path: str | os.PathLike | None = None) -> Path:

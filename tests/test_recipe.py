@@ -32,7 +32,7 @@ def test_paper_recipe_has_the_papers_numbers():
         8,
         3,
     )
-    kinds = [d.kind for d in r.refinery.tag_dimensions]
+    kinds = [d.kind for d in r.refinery.tagging.dimensions]
     assert len(kinds) == 20 and {"content", "format"} == set(kinds)
 
 
@@ -55,7 +55,13 @@ def test_tiny_recipe_is_the_default_and_keeps_paper_proportions():
         (("model", "n_heads"), 3, "model", "not divisible"),
         (("rl", "pass_rate_low"), 0.95, "rl", "must be below"),
         (("corpus", "web", "source"), "s3", "corpus.web.source", "'embedded' or 'files'"),
-        (("refinery", "tier_cutoffs"), [7, 2], "refinery.tier_cutoffs", "cut-offs"),
+        (("refinery", "tiers", "cutoffs"), [7, 2], "refinery.tiers.cutoffs", "cut-offs"),
+        (
+            ("refinery", "tiers", "high_quality_epochs"),
+            1.0,
+            "refinery.tiers.high_quality_epochs",
+            "greater than or equal to 2",
+        ),
         (("pretrain", "batch_size"), "eight", "pretrain.batch_size", "valid integer"),
         (("model", "n_layerz"), 2, "model.n_layerz", "Extra inputs"),
     ],
@@ -93,3 +99,9 @@ def test_section_hash_changes_only_with_its_section(tiny_raw):
     assert changed.section_hash("curriculum") != base.section_hash("curriculum")
     for section in ("corpus", "refinery", "tokenizer", "model", "eval"):
         assert changed.section_hash(section) == base.section_hash(section)
+    raw = copy.deepcopy(tiny_raw)
+    raw["refinery"]["tiers"]["quantiles"] = [0.1, 0.5]
+    raw["refinery"]["workers"] = 7  # execution settings are not part of any identity
+    changed = parse_recipe(raw)
+    assert changed.section_hash("refinery.tiers") != base.section_hash("refinery.tiers")
+    assert changed.section_hash("refinery.filters") == base.section_hash("refinery.filters")

@@ -1,0 +1,180 @@
+"""Quality tiers: tag scores and retrieval scores combined into one utility, cut into tiers.
+
+    utility = (1 - w_r) * (w_c * content + (1 - w_c) * format) + w_r * retrieval      (all 0-9)
+
+Content is weighted over format (the paper found content labels more predictive) and the
+retrieval score recalls documents the tagger undervalues. Documents are cut into three tiers:
+``rejected`` (dropped), ``diverse`` (the paper's 12.5T "high-quality" pool, seen once) and
+``high`` (its 6.5T higher-quality subset, upsampled for ``high_epochs`` >= 2 epochs). Cut-offs
+are either absolute utilities or quantiles of the utility distribution (robust to a judge whose
+scores are compressed into a narrow band, as small judges' are).
+
+Everything is computed in DuckDB over Parquet; ``tiers.duckdb`` in the output holds the tables
+``tiers`` (one row per document) and ``tier_tokens`` (per domain and tier: documents, tokens,
+epochs, tokens to train on), with Parquet copies and a plot of the distributions.
+
+Trade-off: tokens are estimated as characters / 4 here; the exact counts come later from the
+trained tokenizer (token shards), which re-counts every bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+CODE_VERSION = "1"
+TIERS = ("rejected", "diverse", "high")
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    content_weight: float = 0.7  # weight of content dims vs format dims inside the tag score
+    retrieval_weight: float = 0.3  # weight of the retrieval score in the utility
+    mode: Literal["quantile", "absolute"] = "quantile"  # how the cut-offs are read
+    cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utilities: < a rejected, >= b high
+    quantiles: tuple[float, float] = (0.2, 0.6)  # utility quantiles for the same two cuts
+    high_epochs: float = 2.0  # the high tier is upsampled to this many epochs
+    diverse_epochs: float = 1.0
+
+
+@dataclass
+class TierStats:
+    documents: int
+    cut_rejected: float  # utility below which documents are rejected
+    cut_high: float  # utility from which documents are high-quality
+    per_tier: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _utility_sql(cfg: TierConfig) -> str:
+    wc, wr = cfg.content_weight, cfg.retrieval_weight
+    return (
+        f"(1 - {wr}) * ({wc} * t.content_score + (1 - {wc}) * t.format_score)"
+        f" + {wr} * coalesce(r.retrieval_score, 0)"
+    )
+
+
+def assign_tiers(
+    corpus_dir: Path, tags_path: Path, retrieval_path: Path, out_dir: Path, cfg: TierConfig
+) -> TierStats:
+    """Join corpus, tags and retrieval scores by id; write tiers and per-bucket token counts."""
+    started = time.monotonic()
+    for path in (tags_path, retrieval_path):
+        if not path.exists():
+            raise FileNotFoundError(f"score table {path} does not exist")
+    db_path = out_dir / "tiers.duckdb"
+    with duckdb.connect(str(db_path)) as con:
+        con.sql(f"""
+            CREATE TABLE scored AS
+            SELECT c.id, c.domain, c.source, length(c.text) AS chars,
+                   ceil(length(c.text) / {CHARS_PER_TOKEN})::BIGINT AS tokens,
+                   t.content_score, t.format_score, coalesce(r.retrieval_score, 0) AS retrieval,
+                   {_utility_sql(cfg)} AS utility
+            FROM read_parquet('{_glob(corpus_dir)}') c
+            JOIN read_parquet('{tags_path}') t USING (id)
+            LEFT JOIN read_parquet('{retrieval_path}') r USING (id)
+        """)
+        n = con.sql("SELECT count(*) FROM scored").fetchall()[0][0]
+        if n == 0:
+            raise ValueError(f"no document of {corpus_dir} has a tag score in {tags_path}")
+        low, high = _cuts(con, cfg)
+        con.sql(f"""
+            CREATE TABLE tiers AS SELECT *,
+              CASE WHEN utility < {low} THEN 'rejected'
+                   WHEN utility >= {high} THEN 'high' ELSE 'diverse' END AS tier
+            FROM scored ORDER BY id
+        """)
+        con.sql(f"""
+            CREATE TABLE tier_tokens AS
+            SELECT domain, tier, count(*) AS documents, sum(tokens)::BIGINT AS tokens,
+                   CASE tier WHEN 'high' THEN {cfg.high_epochs}
+                             WHEN 'diverse' THEN {cfg.diverse_epochs} ELSE 0 END AS epochs,
+                   (sum(tokens) * epochs)::BIGINT AS train_tokens,
+                   round(avg(utility), 3) AS mean_utility
+            FROM tiers GROUP BY domain, tier ORDER BY domain, tier
+        """)
+        con.sql("DROP TABLE scored")
+        con.sql(f"COPY tiers TO '{out_dir / 'tiers.parquet'}' (FORMAT parquet)")
+        con.sql(f"COPY tier_tokens TO '{out_dir / 'tier_tokens.parquet'}' (FORMAT parquet)")
+        per_tier = {
+            row[0]: {"documents": row[1], "tokens": row[2], "train_tokens": row[3]}
+            for row in con.sql(
+                "SELECT tier, sum(documents), sum(tokens), sum(train_tokens) "
+                "FROM tier_tokens GROUP BY tier"
+            ).fetchall()
+        }
+    for tier in TIERS:
+        per_tier.setdefault(tier, {"documents": 0, "tokens": 0, "train_tokens": 0})
+    return TierStats(n, low, high, per_tier, time.monotonic() - started)
+
+
+def _glob(corpus_dir: Path) -> str:
+    return str(Path(corpus_dir) / "*.parquet")
+
+
+def _cuts(con: duckdb.DuckDBPyConnection, cfg: TierConfig) -> tuple[float, float]:
+    if cfg.mode == "absolute":
+        return cfg.cutoffs
+    qa, qb = cfg.quantiles
+    low, high = con.sql(
+        f"SELECT quantile_cont(utility, {qa}), quantile_cont(utility, {qb}) FROM scored"
+    ).fetchall()[0]
+    return float(low), float(high)
+
+
+def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
+    """Histogram of utility per domain with the two cut-offs; returns a markdown image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pl.read_parquet(tiers_path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for (domain,), part in sorted(frame.group_by("domain"), key=lambda g: g[0]):
+        axes[0].hist(part["utility"].to_numpy(), bins=40, range=(0, 9), alpha=0.5, label=domain)
+    for cut, name in ((stats.cut_rejected, "rejected <"), (stats.cut_high, "high >=")):
+        axes[0].axvline(cut, color="k", linestyle="--")
+        axes[0].text(cut, axes[0].get_ylim()[1] * 0.9, f" {name} {cut:.2f}", fontsize=8)
+    axes[0].set(xlabel="utility (0-9)", ylabel="documents", title="utility by domain")
+    axes[0].legend(fontsize=8)
+    for col, color in (
+        ("content_score", "tab:blue"),
+        ("format_score", "tab:orange"),
+        ("retrieval", "tab:green"),
+    ):
+        axes[1].hist(
+            frame[col].to_numpy(), bins=40, range=(0, 9), alpha=0.45, label=col, color=color
+        )
+    axes[1].set(xlabel="score (0-9)", title="score components")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    encoded = base64.b64encode(out_png.read_bytes()).decode()
+    return f"![tiers](data:image/png;base64,{encoded})"
+
+
+def tier_table_markdown(tier_tokens_path: Path) -> str:
+    frame = pl.read_parquet(tier_tokens_path)
+    buf = io.StringIO()
+    buf.write(
+        "| domain | tier | documents | tokens | epochs | train tokens |\n|---|---|---|---|---|---|\n"
+    )
+    for row in frame.iter_rows(named=True):
+        buf.write(
+            f"| {row['domain']} | {row['tier']} | {row['documents']} | {row['tokens']} | "
+            f"{row['epochs']:g} | {row['train_tokens']} |\n"
+        )
+    return buf.getvalue()
