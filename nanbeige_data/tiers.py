@@ -169,9 +169,8 @@ def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
 def tier_table_markdown(tier_tokens_path: Path) -> str:
     frame = pl.read_parquet(tier_tokens_path)
     buf = io.StringIO()
-    buf.write(
-        "| domain | tier | documents | tokens | epochs | train tokens |\n|---|---|---|---|---|---|\n"
-    )
+    buf.write("| domain | tier | documents | tokens | epochs | train tokens |\n")
+    buf.write("|---|---|---|---|---|---|\n")
     for row in frame.iter_rows(named=True):
         buf.write(
             f"| {row['domain']} | {row['tier']} | {row['documents']} | {row['tokens']} | "
