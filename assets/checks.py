@@ -25,8 +25,8 @@ def committed_version(
     if event is not None and event.asset_materialization is not None:
         recorded = event.asset_materialization.metadata.get("version_id")
         if recorded is not None:
-            return store.get(key.to_python_identifier(), str(recorded.value))
-    return store.require(key.to_python_identifier())
+            return store.localize(store.get(key.to_python_identifier(), str(recorded.value)))
+    return store.localize(store.require(key.to_python_identifier()))
 
 
 def report_metadata(report: CheckReport) -> dict:
@@ -67,6 +67,29 @@ def gx_check(
         return dg.AssetCheckResult(
             passed=report.success,
             metadata={"version_id": version.version_id, **report_metadata(report)},
+        )
+
+    return _check
+
+
+def version_check(
+    asset: str,
+    *,
+    name: str,
+    evaluate: Callable[[Version, Recipe], tuple[bool, dict]],
+    description: str = "",
+) -> dg.AssetChecksDefinition:
+    """A blocking check computed by a plain function of the committed version and the recipe."""
+
+    @dg.asset_check(asset=asset, name=name, blocking=True, description=description)
+    def _check(
+        context: dg.AssetCheckExecutionContext, recipe: RecipeResource, store: StoreResource
+    ) -> dg.AssetCheckResult:
+        version = committed_version(context, store.open(), dg.AssetKey(asset))
+        passed, metadata = evaluate(version, recipe.load())
+        context.log.info(f"{asset}:{name} {'passed' if passed else 'FAILED'} {metadata}")
+        return dg.AssetCheckResult(
+            passed=bool(passed), metadata={"version_id": version.version_id, **metadata}
         )
 
     return _check

@@ -69,5 +69,5 @@ class VersionedStoreIOManager(dg.ConfigurableIOManager):
         if event is not None and event.asset_materialization is not None:
             recorded = event.asset_materialization.metadata.get("version_id")
             if recorded is not None:
-                return store.get(key.to_python_identifier(), str(recorded.value))
-        return store.require(key.to_python_identifier())
+                return store.localize(store.get(key.to_python_identifier(), str(recorded.value)))
+        return store.localize(store.require(key.to_python_identifier()))

@@ -75,12 +75,34 @@ def corpus_suite(domains: Sequence[str], min_chars: int, max_chars: int) -> list
     ]
 
 
+def score_suite(columns: Sequence[str], low: float = 0.0, high: float = 9.0) -> list:
+    """Score tables: every score column present, non-null and within [low, high]."""
+    import great_expectations as gx
+
+    ex = gx.expectations
+    suite: list = [ex.ExpectColumnValuesToBeUnique(column="id"),
+                   ex.ExpectTableRowCountToBeBetween(min_value=1)]
+    for col in columns:
+        suite += [
+            ex.ExpectColumnValuesToNotBeNull(column=col),
+            ex.ExpectColumnValuesToBeBetween(column=col, min_value=low, max_value=high),
+        ]
+    return suite
+
+
+def table_frame(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Selected columns of a Parquet table (or a glob of shards), through DuckDB."""
+    cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    with duckdb.connect() as con:
+        return con.sql(f"SELECT {cols} FROM read_parquet(?)", params=[str(path)]).df()
+
+
 def corpus_frame(version_dir: str | Path) -> pd.DataFrame:
     """id, domain, source and text length of every document in a corpus version's shards."""
     pattern = str(Path(version_dir) / "*.parquet")
     query = "SELECT id, domain, source, length(text) AS chars FROM read_parquet(?)"
     with duckdb.connect() as con:
-        return con.execute(query, [pattern]).df()
+        return con.sql(query, params=[pattern]).df()
 
 
 def validate_frame(frame: pd.DataFrame, expectations: list, suite_name: str) -> CheckReport:

@@ -71,6 +71,7 @@ class Staging:
     key: str
     path: Path
     remote_target: str | None = None
+    scratch: Path | None = None  # a temporary work directory, deleted with the staging dir
 
 
 def _hash_dir(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -164,10 +165,12 @@ class VersionedStore:
                 f"cannot create a staging directory for {key!r} under "
                 f"{self.url}: {exc.strerror or exc}"
             ) from exc
+        staging.scratch = Path(tempfile.mkdtemp(prefix=f"nanbeige-{key}-"))
         try:
             yield staging
         finally:
             shutil.rmtree(staging.path, ignore_errors=True)
+            shutil.rmtree(staging.scratch, ignore_errors=True)
 
     def commit(
         self,
@@ -220,6 +223,29 @@ class VersionedStore:
                 f"cannot commit {staging.key!r} to {target}: {exc.strerror or exc}"
             ) from exc
         return Version(staging.key, version_id, target, manifest)
+
+    def localize(self, version: Version, cache_dir: str | os.PathLike | None = None) -> Version:
+        """The same version with a local path: itself on a local store, else a cached download.
+
+        Versions are immutable, so a cached copy never goes stale; the manifest is fetched
+        last, so an interrupted download is retried rather than used."""
+        if self.is_local:
+            return version
+        cache = (
+            Path(
+                cache_dir or os.environ.get("NANBEIGE_CACHE") or Path.home() / ".cache" / "nanbeige"
+            )
+            / version.key
+            / version.version_id
+        )
+        if not (cache / MANIFEST).exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            for item in version.manifest["files"]:
+                target = cache / item["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f"{version.path}/{item['path']}", str(target))
+            (cache / MANIFEST).write_text(json.dumps(version.manifest, indent=2, default=str))
+        return Version(version.key, version.version_id, str(cache), version.manifest)
 
     def prune(self, key: str, keep: int = 3) -> list[str]:
         """Delete all but the newest ``keep`` versions of ``key``; returns deleted ids."""

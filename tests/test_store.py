@@ -86,8 +86,11 @@ def test_clear_errors(tmp_path):
         _write(VersionedStore(not_a_dir), "raw_web", "x")
 
 
-def test_fsspec_memory_store_roundtrip():
+def test_fsspec_memory_store_roundtrip(tmp_path):
     store = VersionedStore("memory://nanbeige-test")
     v = _write(store, "raw_web", "remote bytes")
     assert store.latest("raw_web").version_id == v.version_id
     assert store.fs.cat_file(f"{v.path}/part-0.txt") == b"remote bytes"
+    local = store.localize(v, cache_dir=tmp_path)
+    assert (local.local_path / "part-0.txt").read_text() == "remote bytes"
+    assert local.data_version == v.data_version and local.local_path.is_relative_to(tmp_path)
