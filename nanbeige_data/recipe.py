@@ -88,6 +88,7 @@ class FilterSection(Section):
     language: str = "en"  # documents in other languages are dropped (prose domains)
     min_language_score: Fraction = 0.65
     max_doc_chars: PositiveInt = 1_000_000  # longer documents are dropped as "too_long"
+    max_replacement_fraction: Fraction = 0.01  # more U+FFFD than this: "bad_encoding"
 
 
 class DedupSection(Section):
@@ -157,6 +158,8 @@ class TierSection(Section):
 class RefineryConfig(Section):
     executor: Literal["local", "slurm", "ray"] = "local"  # datatrove executor
     workers: PositiveInt = 2  # datatrove tasks
+    slurm_partition: str = ""  # for executor: slurm
+    slurm_time: str = "04:00:00"
     filters: FilterSection = FilterSection()
     dedup: DedupSection = DedupSection()
     decontamination: DecontaminationSection = DecontaminationSection()
