@@ -2,11 +2,12 @@
 
 import dagster as dg
 
+from assets import refinery
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
 from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
 
-ALL_ASSETS = [*RAW_ASSETS, corpus_summary]
-ALL_CHECKS = [*RAW_CHECKS]
+ALL_ASSETS = [*RAW_ASSETS, corpus_summary, *refinery.ASSETS]
+ALL_CHECKS = [*RAW_CHECKS, *refinery.CHECKS]
 
 main_job = dg.define_asset_job(
     "main",
@@ -16,6 +17,11 @@ main_job = dg.define_asset_job(
 )
 corpus_job = dg.define_asset_job(
     "corpus", selection=dg.AssetSelection.groups("corpus"), executor_def=dg.in_process_executor
+)
+refinery_job = dg.define_asset_job(
+    "refinery",
+    selection=dg.AssetSelection.groups("corpus", "refinery"),
+    executor_def=dg.in_process_executor,
 )
 
 
@@ -30,6 +36,6 @@ def build_resources(store_root: str = "", recipe: str = "") -> dict:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[main_job, corpus_job],
+    jobs=[main_job, corpus_job, refinery_job],
     resources=build_resources(),
 )

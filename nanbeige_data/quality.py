@@ -80,8 +80,10 @@ def score_suite(columns: Sequence[str], low: float = 0.0, high: float = 9.0) -> 
     import great_expectations as gx
 
     ex = gx.expectations
-    suite: list = [ex.ExpectColumnValuesToBeUnique(column="id"),
-                   ex.ExpectTableRowCountToBeBetween(min_value=1)]
+    suite: list = [
+        ex.ExpectColumnValuesToBeUnique(column="id"),
+        ex.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
     for col in columns:
         suite += [
             ex.ExpectColumnValuesToNotBeNull(column=col),

@@ -47,3 +47,28 @@ def prose(i: int, domain: str) -> str:
         f"Document {i} of the {domain} test corpus talks about rivers, mountains and the "
         f"history of mapping them with care; paragraph {i} continues for a while. "
     ) * 3
+
+
+@pytest.fixture
+def small_recipe(tmp_path, monkeypatch):
+    """The tiny recipe with a smaller embedded corpus and judge sample, for whole-group runs."""
+
+    def make(max_bytes: int = 40_000, sample: int = 8, **sections) -> Path:
+        raw = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+        for domain in ("web", "books", "code", "papers"):
+            raw["corpus"][domain]["max_bytes"] = max_bytes
+        raw["refinery"]["tagging"]["sample"] = sample
+        raw["refinery"]["retrieval"]["exemplars_per_set"] = 4
+        for dotted, value in sections.items():
+            node = raw
+            *parents, leaf = dotted.split("__")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        raw["name"] = "small"
+        path = tmp_path / "small.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        monkeypatch.setenv("NANBEIGE_RECIPE", str(path))
+        return path
+
+    return make

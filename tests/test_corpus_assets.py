@@ -35,7 +35,7 @@ def _materialized(result) -> set[str]:
 
 def test_user_glob_corpus_materializes_with_lineage(files_recipe, store_root):
     files_recipe({d: _docs(d) for d in DOMAINS})
-    result = _run()
+    result = _run("group:corpus")
     assert result.success
     assert _materialized(result) == {f"raw_{d}" for d in DOMAINS} | {"corpus_summary"}
     assert all(ev.passed for ev in result.get_asset_check_evaluations())
@@ -56,7 +56,7 @@ def test_failing_blocking_check_stops_downstream_in_the_same_run(files_recipe, s
     docs["web"].append(dict(docs["web"][0]))  # a duplicate id: the gate must fail
     docs["web"].append({"id": "w-short", "text": "tiny", "domain": "klingon"})
     files_recipe(docs)
-    result = _run()
+    result = _run("group:corpus")
     assert not result.success
     checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
     assert not checks["raw_web"].passed and checks["raw_books"].passed
