@@ -134,6 +134,7 @@ class TierSection(Section):
     content_weight: Fraction = 0.7  # content over format, as the paper found
     retrieval_weight: Fraction = 0.3
     mode: Literal["quantile", "absolute"] = "quantile"
+    normalize: bool = True  # rank-normalize tag scores to 0-9 before weighting
     cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utility: < a rejected, >= b high
     quantiles: tuple[float, float] = (0.2, 0.6)  # the same cuts as utility quantiles
     high_quality_epochs: Annotated[float, Field(ge=2.0)] = 2.0  # paper: upsampled >= 2 epochs

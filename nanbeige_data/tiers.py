@@ -41,6 +41,7 @@ class TierConfig:
     mode: Literal["quantile", "absolute"] = "quantile"  # how the cut-offs are read
     cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utilities: < a rejected, >= b high
     quantiles: tuple[float, float] = (0.2, 0.6)  # utility quantiles for the same two cuts
+    normalize: bool = True  # put each score on 0-9 by rank first (scorers differ in spread)
     high_epochs: float = 2.0  # the high tier is upsampled to this many epochs
     diverse_epochs: float = 1.0
 
@@ -59,10 +60,14 @@ class TierStats:
 
 def _utility_sql(cfg: TierConfig) -> str:
     wc, wr = cfg.content_weight, cfg.retrieval_weight
-    return (
-        f"(1 - {wr}) * ({wc} * t.content_score + (1 - {wc}) * t.format_score)"
-        f" + {wr} * coalesce(r.retrieval_score, 0)"
-    )
+    return f"(1 - {wr}) * ({wc} * content + (1 - {wc}) * format) + {wr} * retrieval"
+
+
+def _component_sql(column: str, cfg: TierConfig) -> str:
+    """A score column, rank-normalized to 0-9 when cfg.normalize (ties share a rank)."""
+    if not cfg.normalize:
+        return column
+    return f"9 * percent_rank() OVER (ORDER BY {column})"
 
 
 def assign_tiers(
@@ -76,15 +81,22 @@ def assign_tiers(
     db_path = out_dir / "tiers.duckdb"
     with duckdb.connect(str(db_path)) as con:
         con.sql(f"""
-            CREATE TABLE scored AS
+            CREATE TABLE joined AS
             SELECT c.id, c.domain, c.source, length(c.text) AS chars,
                    ceil(length(c.text) / {CHARS_PER_TOKEN})::BIGINT AS tokens,
-                   t.content_score, t.format_score, coalesce(r.retrieval_score, 0) AS retrieval,
-                   {_utility_sql(cfg)} AS utility
+                   t.content_score, t.format_score, coalesce(r.retrieval_score, 0) AS retrieval
             FROM read_parquet('{_glob(corpus_dir)}') c
             JOIN read_parquet('{tags_path}') t USING (id)
             LEFT JOIN read_parquet('{retrieval_path}') r USING (id)
         """)
+        con.sql(f"""
+            CREATE TABLE scored AS
+            SELECT *, {_utility_sql(cfg)} AS utility FROM (
+              SELECT *, {_component_sql("content_score", cfg)} AS content,
+                        {_component_sql("format_score", cfg)} AS format
+              FROM joined)
+        """)
+        con.sql("DROP TABLE joined")
         n = con.sql("SELECT count(*) FROM scored").fetchall()[0][0]
         if n == 0:
             raise ValueError(f"no document of {corpus_dir} has a tag score in {tags_path}")

@@ -83,6 +83,27 @@ def test_plot(scored, tmp_path):
     assert md.startswith("![tiers](data:image/png;base64,") and (tmp_path / "tiers.png").exists()
 
 
+def test_rank_normalization_spreads_a_compressed_judge(scored, tmp_path):
+    root, n = scored
+    tags = pl.read_parquet(root / "tags.parquet")
+    squeezed = tags.with_columns(
+        content_score=2 + pl.col("content_score") / 90, format_score=pl.lit(2.0)
+    )
+    squeezed.write_parquet(tmp_path / "squeezed.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    assign_tiers(
+        root / "corpus",
+        tmp_path / "squeezed.parquet",
+        root / "ret.parquet",
+        out,
+        TierConfig(normalize=True, retrieval_weight=0.0, content_weight=1.0),
+    )
+    tiers = pl.read_parquet(out / "tiers.parquet").sort("content_score")
+    assert tiers["utility"].min() == 0 and abs(tiers["utility"].max() - 9) < 1e-9
+    assert tiers["utility"].is_sorted()  # the order of the judge is kept, only spread
+
+
 def test_missing_score_table_is_named(scored, tmp_path):
     root, _ = scored
     with pytest.raises(FileNotFoundError, match="nope.parquet"):
