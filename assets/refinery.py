@@ -366,7 +366,7 @@ def quality_tiers(
             },
             metadata={
                 "tier_tokens": dg.MetadataValue.md(table),
-                "cutoffs": dg.MetadataValue.json([stats.cut_rejected, stats.cut_high]),
+                "cutoffs": dg.MetadataValue.json(stats.cuts_per_domain),
                 "distribution": dg.MetadataValue.md(plot),
             },
             extra={"stats": stats.as_dict()},

@@ -135,6 +135,7 @@ class TierSection(Section):
     retrieval_weight: Fraction = 0.3
     mode: Literal["quantile", "absolute"] = "quantile"
     normalize: bool = True  # rank-normalize tag scores to 0-9 before weighting
+    per_domain: bool = True  # quantile cuts within each domain (every domain keeps every tier)
     cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utility: < a rejected, >= b high
     quantiles: tuple[float, float] = (0.2, 0.6)  # the same cuts as utility quantiles
     high_quality_epochs: Annotated[float, Field(ge=2.0)] = 2.0  # paper: upsampled >= 2 epochs

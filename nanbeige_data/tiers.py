@@ -42,6 +42,7 @@ class TierConfig:
     cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utilities: < a rejected, >= b high
     quantiles: tuple[float, float] = (0.2, 0.6)  # utility quantiles for the same two cuts
     normalize: bool = True  # put each score on 0-9 by rank first (scorers differ in spread)
+    per_domain: bool = True  # quantile cuts within each domain: every domain keeps every tier
     high_epochs: float = 2.0  # the high tier is upsampled to this many epochs
     diverse_epochs: float = 1.0
 
@@ -51,6 +52,7 @@ class TierStats:
     documents: int
     cut_rejected: float  # utility below which documents are rejected
     cut_high: float  # utility from which documents are high-quality
+    cuts_per_domain: dict[str, list[float]] = field(default_factory=dict)
     per_tier: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -100,13 +102,16 @@ def assign_tiers(
         n = con.sql("SELECT count(*) FROM scored").fetchall()[0][0]
         if n == 0:
             raise ValueError(f"no document of {corpus_dir} has a tag score in {tags_path}")
-        low, high = _cuts(con, cfg)
-        con.sql(f"""
-            CREATE TABLE tiers AS SELECT *,
-              CASE WHEN utility < {low} THEN 'rejected'
-                   WHEN utility >= {high} THEN 'high' ELSE 'diverse' END AS tier
-            FROM scored ORDER BY id
+        _cuts(con, cfg)
+        con.sql("""
+            CREATE TABLE tiers AS SELECT s.*,
+              CASE WHEN utility < k.low THEN 'rejected'
+                   WHEN utility >= k.high THEN 'high' ELSE 'diverse' END AS tier
+            FROM scored s JOIN cuts k USING (domain) ORDER BY id
         """)
+        cuts = {d: [float(lo), float(hi)] for d, lo, hi in con.sql("SELECT * FROM cuts").fetchall()}
+        low = sum(c[0] for c in cuts.values()) / len(cuts)
+        high = sum(c[1] for c in cuts.values()) / len(cuts)
         con.sql(f"""
             CREATE TABLE tier_tokens AS
             SELECT domain, tier, count(*) AS documents, sum(tokens)::BIGINT AS tokens,
@@ -128,21 +133,27 @@ def assign_tiers(
         }
     for tier in TIERS:
         per_tier.setdefault(tier, {"documents": 0, "tokens": 0, "train_tokens": 0})
-    return TierStats(n, low, high, per_tier, time.monotonic() - started)
+    return TierStats(n, low, high, cuts, per_tier, time.monotonic() - started)
 
 
 def _glob(corpus_dir: Path) -> str:
     return str(Path(corpus_dir) / "*.parquet")
 
 
-def _cuts(con: duckdb.DuckDBPyConnection, cfg: TierConfig) -> tuple[float, float]:
+def _cuts(con: duckdb.DuckDBPyConnection, cfg: TierConfig) -> None:
+    """Table ``cuts(domain, low, high)``: absolute, global quantiles, or per-domain quantiles."""
     if cfg.mode == "absolute":
-        return cfg.cutoffs
+        a, b = cfg.cutoffs
+        con.sql(f"CREATE TABLE cuts AS SELECT DISTINCT domain, {a} AS low, {b} AS high FROM scored")
+        return
     qa, qb = cfg.quantiles
-    low, high = con.sql(
-        f"SELECT quantile_cont(utility, {qa}), quantile_cont(utility, {qb}) FROM scored"
-    ).fetchall()[0]
-    return float(low), float(high)
+    quantiles = f"quantile_cont(utility, {qa}) AS low, quantile_cont(utility, {qb}) AS high"
+    if cfg.per_domain:
+        con.sql(f"CREATE TABLE cuts AS SELECT domain, {quantiles} FROM scored GROUP BY domain")
+    else:
+        con.sql(f"""CREATE TABLE cuts AS SELECT d.domain, q.low, q.high
+                    FROM (SELECT DISTINCT domain FROM scored) d,
+                         (SELECT {quantiles} FROM scored) q""")
 
 
 def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
@@ -158,7 +169,7 @@ def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
         axes[0].hist(part["utility"].to_numpy(), bins=40, range=(0, 9), alpha=0.5, label=domain)
     for cut, name in ((stats.cut_rejected, "rejected <"), (stats.cut_high, "high >=")):
         axes[0].axvline(cut, color="k", linestyle="--")
-        axes[0].text(cut, axes[0].get_ylim()[1] * 0.9, f" {name} {cut:.2f}", fontsize=8)
+        axes[0].text(cut, axes[0].get_ylim()[1] * 0.9, f" {name} {cut:.2f} (mean)", fontsize=8)
     axes[0].set(xlabel="utility (0-9)", ylabel="documents", title="utility by domain")
     axes[0].legend(fontsize=8)
     for col, color in (

@@ -40,7 +40,7 @@ def scored(tmp_path_factory):
 
 def test_quantile_tiers_split_as_configured(scored, tmp_path):
     root, n = scored
-    cfg = TierConfig(mode="quantile", quantiles=(0.2, 0.6))
+    cfg = TierConfig(mode="quantile", quantiles=(0.2, 0.6), per_domain=False)
     stats = assign_tiers(
         root / "corpus", root / "tags.parquet", root / "ret.parquet", tmp_path, cfg
     )
@@ -102,6 +102,23 @@ def test_rank_normalization_spreads_a_compressed_judge(scored, tmp_path):
     tiers = pl.read_parquet(out / "tiers.parquet").sort("content_score")
     assert tiers["utility"].min() == 0 and abs(tiers["utility"].max() - 9) < 1e-9
     assert tiers["utility"].is_sorted()  # the order of the judge is kept, only spread
+
+
+def test_per_domain_quantiles_give_every_domain_every_tier(scored, tmp_path):
+    root, _ = scored
+    assign_tiers(
+        root / "corpus",
+        root / "tags.parquet",
+        root / "ret.parquet",
+        tmp_path,
+        TierConfig(mode="quantile", quantiles=(0.2, 0.6), per_domain=True),
+    )
+    counts = pl.read_parquet(tmp_path / "tiers.parquet").group_by("domain", "tier").len()
+    for domain in ("books", "papers"):
+        part = counts.filter(pl.col("domain") == domain)
+        assert set(part["tier"]) == {"rejected", "diverse", "high"}
+        share = part.filter(pl.col("tier") == "rejected")["len"].sum() / part["len"].sum()
+        assert 0.1 <= share <= 0.3
 
 
 def test_missing_score_table_is_named(scored, tmp_path):
