@@ -4,7 +4,9 @@
 
 For each scale it builds the embedded corpus (4x = four copies under fresh ids), then in a
 fresh subprocess per stage runs the library function the asset calls and reports docs/s and the
-peak resident memory of that process. The baseline: the same datatrove filters as a plain
+peak resident memory of that process (or its largest worker). Dedup removes the copies, so the
+later stages are fed the filtered corpus, which keeps the 4x size through every stage.
+The baseline: the same datatrove filters as a plain
 datatrove pipeline (reader -> filters -> writer, no Dagster, no store) against the
 `filtered_<domain>` assets materialized through Dagster, in the same run -- the ratio is the
 orchestration overhead. Memory growing much slower than 4x at 4x the data shows streaming.
@@ -28,10 +30,12 @@ DOMAINS = ("web", "books", "code", "papers")
 
 
 def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of this process or of its largest child (datatrove workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
 
 
 def build_corpus(root: Path, scale: int) -> dict[str, Path]:
@@ -89,7 +93,13 @@ def stage(name: str, work: Path, scale: int) -> dict:
         )
         docs = stats.documents_in
     elif name == "decontam":
-        stats = decontam.decontaminate(work / "dedup", out, decontam.DecontamConfig(), scratch)
+        # fed the filtered (not deduplicated) corpus, so a 4x copy stays 4x for every later stage
+        merged = work / "filtered-all"
+        merged.mkdir(exist_ok=True)
+        for d in DOMAINS:
+            for shard in sorted((work / "filters" / d).glob("*.parquet")):
+                (merged / f"{d}-{shard.name}").symlink_to(shard)
+        stats = decontam.decontaminate(merged, out, decontam.DecontamConfig(), scratch)
         docs = stats.documents_in
     elif name == "tagging":
         t = rcp.refinery.tagging

@@ -629,6 +629,20 @@ def _rows(sample: list[dict], mask: np.ndarray) -> tuple[list[str], list[str]]:
     return [s["text"] for s in rows], [s["domain"] for s in rows]
 
 
+def _holdout_agreement(
+    sample: list[dict],
+    labels: np.ndarray,
+    hold: np.ndarray,
+    dims: Sequence[Dimension],
+    cfg: TaggerConfig,
+) -> dict[str, dict[str, float | None]]:
+    """A classifier fitted on the train rows, scored against the judge on the held-out rows."""
+    if not hold.any():
+        return {}
+    clf = TagClassifier(cfg).fit(*_rows(sample, ~hold), labels[~hold])
+    return agreement(clf.predict(*_rows(sample, hold)), labels[hold], dims)
+
+
 def tag_corpus(
     input_dirs: Sequence[Path],
     out_dir: Path,
@@ -646,19 +660,15 @@ def tag_corpus(
     sample, _ = draw_sample(files, cfg.sample_size, cfg.seed)
     if not sample:
         raise ValueError(f"the corpus in {[str(d) for d in input_dirs]} has no documents")
-    texts = [s["text"] for s in sample]
     start = time.perf_counter()
-    labels = annotate(texts, dims, annotator, cfg.annotate_batch)
+    labels = annotate([s["text"] for s in sample], dims, annotator, cfg.annotate_batch)
     seconds = time.perf_counter() - start
     hold = holdout_mask(len(sample), cfg.holdout_fraction, cfg.seed)
     stats = TagStats(annotated=len(sample), annotator=annotator.name, holdout=int(hold.sum()))
     stats.sample_per_domain = dict(sorted(Counter(s["domain"] for s in sample).items()))
     stats.annotate_seconds, stats.annotate_docs_per_s = seconds, len(sample) / max(seconds, 1e-9)
     stats.label_distribution = label_histograms(labels, dims)
-    if hold.any():
-        fit, held = _rows(sample, ~hold), _rows(sample, hold)
-        pred = TagClassifier(cfg).fit(*fit, labels[~hold]).predict(*held)
-        stats.agreement = agreement(pred, labels[hold], dims)
+    stats.agreement = _holdout_agreement(sample, labels, hold, dims, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_labels(sample, labels, hold, dims, out_dir / "labels.parquet")
