@@ -218,7 +218,8 @@ def quality_tags(
             [decontaminated.local_path], stage.path, _dims(rcp), annotator, cfg
         )
         agreement = {
-            k: round(v.get("spearman", float("nan")), 3) for k, v in stats.agreement.items()
+            k: "n/a" if v.get("spearman") is None else round(v["spearman"], 3)
+            for k, v in stats.agreement.items()
         }
         return commit(
             context,

@@ -117,7 +117,7 @@ class JudgeConfig:
     model: str = PACKAGED_MODEL  # the packaged GGUF, a HF model dir, or a path to a .gguf
     max_doc_tokens: int = 384  # document tokens the judge reads (the rest is cut)
     dtype: str = "bfloat16"  # torch dtype to run in; bf16 is ~3x faster than fp32 on CPU
-    threads: int = 2  # torch intra-op threads
+    threads: int = 2  # torch intra-op threads (torch.set_num_threads: process-wide)
 
 
 def packaged_smollm2_gguf() -> Path:
