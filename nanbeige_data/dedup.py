@@ -66,7 +66,7 @@ from datatrove.pipeline.writers import ParquetWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus import FIELDS, SCHEMA, CorpusError
+from nanbeige_data.corpus import SCHEMA, check_shards
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input change
 AUDIT_SCHEMA: pa.Schema = SCHEMA.append(pa.field("reason", pa.string())).append(
@@ -125,22 +125,7 @@ class RegexWordTokenizer(WordTokenizer):
 
 def corpus_shards(folder: Path) -> list[Path]:
     """The ``*.parquet`` shards of a corpus dir, each checked for the corpus columns."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CorpusError(str(folder), None, "corpus directory not found")
-    shards = sorted(folder.glob("*.parquet"))
-    for shard in shards:
-        try:
-            schema = pq.read_schema(shard)
-        except (OSError, pa.ArrowException) as exc:
-            raise CorpusError(str(shard), None, f"unreadable Parquet ({exc})") from exc
-        for name in FIELDS:
-            if name not in schema.names:
-                raise CorpusError(str(shard), None, f"missing column {name!r} ({schema.names})")
-            kind = schema.field(name).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                raise CorpusError(str(shard), None, f"column {name!r} is {kind}, expected string")
-    return shards
+    return check_shards(folder)
 
 
 def domain_counts(shards: list[Path]) -> Counter[str]:

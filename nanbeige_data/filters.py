@@ -62,7 +62,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
@@ -78,7 +77,7 @@ from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.text import PUNCTUATION, TERMINAL_PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus import FIELDS, SCHEMA, CorpusError
+from nanbeige_data.corpus import FIELDS, SCHEMA, check_shards
 
 log = logging.getLogger(__name__)
 
@@ -505,19 +504,7 @@ def _input_shards(input_dir: Path) -> list[Path]:
     """The shards of a corpus version, schema-checked (a bad file raises CorpusError)."""
     if not input_dir.is_dir():
         raise FileNotFoundError(f"filter input directory {input_dir} does not exist")
-    shards = sorted(input_dir.glob("*.parquet"))
-    for path in shards:
-        try:
-            schema = pq.read_schema(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise CorpusError(str(path), None, f"unreadable Parquet ({exc})") from exc
-        for name in FIELDS:
-            if name not in schema.names:
-                raise CorpusError(str(path), None, f"missing column {name!r} ({schema.names})")
-            kind = schema.field(name).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                raise CorpusError(str(path), None, f"column {name!r} is {kind}, not string")
-    return shards
+    return check_shards(input_dir)
 
 
 def _rows(paths: list[Path]) -> int:
