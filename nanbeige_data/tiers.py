@@ -167,10 +167,17 @@ def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for (domain,), part in sorted(frame.group_by("domain"), key=lambda g: g[0]):
         axes[0].hist(part["utility"].to_numpy(), bins=40, range=(0, 9), alpha=0.5, label=domain)
-    for cut, name in ((stats.cut_rejected, "rejected <"), (stats.cut_high, "high >=")):
+    top = axes[0].get_ylim()[1]
+    for height, (cut, name) in zip(
+        (0.95, 0.85), ((stats.cut_rejected, "rejected <"), (stats.cut_high, "high >=")), strict=True
+    ):
         axes[0].axvline(cut, color="k", linestyle="--")
-        axes[0].text(cut, axes[0].get_ylim()[1] * 0.9, f" {name} {cut:.2f} (mean)", fontsize=8)
-    axes[0].set(xlabel="utility (0-9)", ylabel="documents", title="utility by domain")
+        axes[0].text(cut, top * height, f" {name} {cut:.2f}", fontsize=8)
+    distinct = {tuple(cuts) for cuts in stats.cuts_per_domain.values()}
+    title = "utility by domain" + (
+        " (dashed: mean of per-domain cuts)" if len(distinct) > 1 else ""
+    )
+    axes[0].set(xlabel="utility (0-9)", ylabel="documents", title=title)
     axes[0].legend(fontsize=8)
     for col, color in (
         ("content_score", "tab:blue"),
