@@ -5,19 +5,28 @@ it reads, so a recipe change marks exactly the assets that read that section sta
 """
 
 import contextlib
+import functools
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 
 from nanbeige_data.corpus import CorpusError
-from nanbeige_data.recipe import Recipe, RecipeError, load_recipe
+from nanbeige_data.recipe import RECIPE_ENV, Recipe, RecipeError, load_recipe
 from nanbeige_data.store import Staging, StoreError, Version, VersionedStore
 
 
 def code_version(module_version: str, section: str) -> str:
     """Definition-time code version: module version + the section hash of the env recipe."""
-    return f"{module_version}+{load_recipe().section_hash(section)}"
+    recipe = _definition_recipe(os.environ.get(RECIPE_ENV, ""))
+    return f"{module_version}+{recipe.section_hash(section)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _definition_recipe(ref: str) -> Recipe:
+    """The recipe the Definitions are built from, parsed once per reference (not per asset)."""
+    return load_recipe(ref or None)
 
 
 INPUT_ERRORS = (CorpusError, RecipeError, StoreError)
