@@ -47,31 +47,6 @@ def report_metadata(report: CheckReport) -> dict:
     }
 
 
-def gx_check(
-    asset: str,
-    *,
-    name: str,
-    suite: Callable[[Recipe], list],
-    frame: Callable[[Version], pd.DataFrame],
-    description: str = "",
-) -> dg.AssetChecksDefinition:
-    """A blocking asset check that runs a GE suite on a frame built from the asset's version."""
-
-    @dg.asset_check(asset=asset, name=name, blocking=True, description=description)
-    def _check(
-        context: dg.AssetCheckExecutionContext, recipe: RecipeResource, store: StoreResource
-    ) -> dg.AssetCheckResult:
-        version = committed_version(context, store.open(), dg.AssetKey(asset))
-        report = validate_frame(frame(version), suite(recipe.load()), suite_name=f"{asset}.{name}")
-        context.log.info(report.summary())
-        return dg.AssetCheckResult(
-            passed=report.success,
-            metadata={"version_id": version.version_id, **report_metadata(report)},
-        )
-
-    return _check
-
-
 def version_check(
     asset: str,
     *,
@@ -93,3 +68,20 @@ def version_check(
         )
 
     return _check
+
+
+def gx_check(
+    asset: str,
+    *,
+    name: str,
+    suite: Callable[[Recipe], list],
+    frame: Callable[[Version], pd.DataFrame],
+    description: str = "",
+) -> dg.AssetChecksDefinition:
+    """A blocking asset check that runs a GE suite on a frame built from the asset's version."""
+
+    def evaluate(version: Version, recipe: Recipe) -> tuple[bool, dict]:
+        report = validate_frame(frame(version), suite(recipe), suite_name=f"{asset}.{name}")
+        return report.success, report_metadata(report)
+
+    return version_check(asset, name=name, evaluate=evaluate, description=description)
