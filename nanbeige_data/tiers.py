@@ -7,7 +7,8 @@ retrieval score recalls documents the tagger undervalues. Documents are cut into
 ``rejected`` (dropped), ``diverse`` (the paper's 12.5T "high-quality" pool, seen once) and
 ``high`` (its 6.5T higher-quality subset, upsampled for ``high_epochs`` >= 2 epochs). Cut-offs
 are either absolute utilities or quantiles of the utility distribution (robust to a judge whose
-scores are compressed into a narrow band, as small judges' are).
+scores are compressed into a narrow band, as small judges' are); quantile tiers are cut by rank,
+ties broken by id, so their sizes hold even when many documents share one utility.
 
 Everything is computed in DuckDB over Parquet; ``tiers.duckdb`` in the output holds the tables
 ``tiers`` (one row per document) and ``tier_tokens`` (per domain and tier: documents, tokens,
@@ -29,7 +30,7 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 TIERS = ("rejected", "diverse", "high")
 CHARS_PER_TOKEN = 4.0
 
@@ -103,12 +104,14 @@ def assign_tiers(
         if n == 0:
             raise ValueError(f"no document of {corpus_dir} has a tag score in {tags_path}")
         _cuts(con, cfg)
-        con.sql("""
-            CREATE TABLE tiers AS SELECT s.*,
-              CASE WHEN utility < k.low THEN 'rejected'
-                   WHEN utility >= k.high THEN 'high' ELSE 'diverse' END AS tier
-            FROM scored s JOIN cuts k USING (domain) ORDER BY id
+        con.sql(f"""
+            CREATE TABLE tiers AS SELECT * EXCLUDE (position), {_tier_sql(cfg)} AS tier FROM (
+              SELECT s.*, k.low, k.high, {_position_sql(cfg)} AS position
+              FROM scored s JOIN cuts k USING (domain))
+            ORDER BY id
         """)
+        con.sql("ALTER TABLE tiers DROP COLUMN low")
+        con.sql("ALTER TABLE tiers DROP COLUMN high")
         cuts = {d: [float(lo), float(hi)] for d, lo, hi in con.sql("SELECT * FROM cuts").fetchall()}
         low = sum(c[0] for c in cuts.values()) / len(cuts)
         high = sum(c[1] for c in cuts.values()) / len(cuts)
@@ -134,6 +137,29 @@ def assign_tiers(
     for tier in TIERS:
         per_tier.setdefault(tier, {"documents": 0, "tokens": 0, "train_tokens": 0})
     return TierStats(n, low, high, cuts, per_tier, time.monotonic() - started)
+
+
+def _position_sql(cfg: TierConfig) -> str:
+    """A document's rank fraction in [0, 1) within its quantile group, ties broken by id.
+
+    Cutting by rank rather than by utility value keeps tier sizes at the configured quantiles
+    even when many documents share one utility (a small judge and a constant retrieval score
+    tie whole domains: cutting by value once left code with no diverse tier at all).
+    """
+    group = "PARTITION BY domain" if cfg.per_domain else ""
+    return (
+        f"(row_number() OVER ({group} ORDER BY utility, id) - 1)::DOUBLE"
+        f" / count(*) OVER ({group})"
+    )
+
+
+def _tier_sql(cfg: TierConfig) -> str:
+    if cfg.mode == "absolute":
+        low, high = "utility < low", "utility >= high"
+    else:
+        qa, qb = cfg.quantiles
+        low, high = f"position < {qa}", f"position >= {qb}"
+    return f"CASE WHEN {low} THEN 'rejected' WHEN {high} THEN 'high' ELSE 'diverse' END"
 
 
 def _glob(corpus_dir: Path) -> str:

@@ -127,3 +127,29 @@ def test_missing_score_table_is_named(scored, tmp_path):
         assign_tiers(
             root / "corpus", root / "nope.parquet", root / "ret.parquet", tmp_path, TierConfig()
         )
+
+
+def test_quantile_tiers_hold_their_sizes_when_utilities_tie(scored, tmp_path):
+    """A domain whose documents all score the same still gets every tier, in the set sizes."""
+    root, n = scored
+    tags = pl.read_parquet(root / "tags.parquet").with_columns(
+        content_score=pl.lit(4.0), format_score=pl.lit(4.0)
+    )
+    tags.write_parquet(tmp_path / "flat.parquet")
+    tags.select("id", retrieval_score=pl.lit(0.0)).write_parquet(tmp_path / "ret0.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    assign_tiers(
+        root / "corpus",
+        tmp_path / "flat.parquet",
+        tmp_path / "ret0.parquet",
+        out,
+        TierConfig(mode="quantile", quantiles=(0.2, 0.6), per_domain=True, retrieval_weight=0.0),
+    )
+    counts = pl.read_parquet(out / "tiers.parquet").group_by("domain", "tier").len()
+    for domain in ("books", "papers"):
+        part = {r["tier"]: r["len"] for r in counts.filter(pl.col("domain") == domain).to_dicts()}
+        total = sum(part.values())
+        assert set(part) == {"rejected", "diverse", "high"}
+        assert abs(part["rejected"] - 0.2 * total) <= 1
+        assert abs(part["high"] - 0.4 * total) <= 1
