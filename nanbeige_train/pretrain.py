@@ -1,0 +1,277 @@
+"""One FG-WSD stage trained by torchtitan's stock Trainer, with the config generated in Python.
+
+``StageSpec`` (a JSON file) is everything a stage needs: the plan and which stage, the token
+shards, the tokenizer, the model shape, the work directory and where the previous stage's
+checkpoint is. :func:`trainer_config` turns it into a torchtitan ``Trainer.Config``: our model
+spec (:mod:`nanbeige_train.model`), the curriculum dataloader (:mod:`nanbeige_train.data`), an
+LR scheduler that follows the plan's segment for this stage, DCP checkpoints, and a metrics
+processor that also writes ``metrics.jsonl`` (the loss curve the assets plot).
+
+Hand-off and resume, decided here and nowhere else:
+
+* fresh stage, previous stage given: ``initial_load_path`` = its final checkpoint, loading model
+  *and* optimizer moments (one continuous WSD run, as in the paper) but not the dataloader,
+  LR scheduler or step counter, which belong to the new stage;
+* a crashed stage (``work_dir/checkpoint/step-*`` exists): no initial load and no exclusions, so
+  torchtitan restores everything from the stage's own last checkpoint and continues -- not from
+  scratch and not from the previous stage.
+
+Run it as ``torchrun --nproc_per_node N -m nanbeige_train.pretrain spec.json`` (the launcher
+does); on CPU it applies :mod:`nanbeige_train.compat` first and uses gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanbeige_train import compat
+
+CODE_VERSION = "1"
+
+
+@dataclass
+class StageSpec:
+    plan_path: str
+    stage: str
+    shards_dir: str
+    tokenizer_dir: str
+    model: dict[str, Any]  # ModelShape fields
+    work_dir: str
+    init_checkpoint: str | None = None  # previous stage's final checkpoint (DCP folder)
+    seed: int = 0
+    dtype: str = "float32"
+    checkpoint_every: int = 50
+    data_parallel_shard: int = -1
+    tensor_parallel: int = 1
+    attention: str = "sdpa"
+    log_freq: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> StageSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def plan_stage(self):
+        """(Plan, StagePlan) of this stage, read from the plan JSON."""
+        from nanbeige_data.curriculum import Plan
+
+        plan = Plan.from_dict(json.loads(Path(self.plan_path).read_text()))
+        for stage in plan.stages:
+            if stage.name == self.stage:
+                return plan, stage
+        raise KeyError(f"stage {self.stage!r} is not in plan {self.plan_path}")
+
+
+def checkpoints(work_dir: Path) -> list[Path]:
+    """The stage's own DCP checkpoints, oldest first."""
+    folder = Path(work_dir) / "checkpoint"
+    found = [p for p in folder.glob("step-*") if p.is_dir() and (p / ".metadata").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def stage_lr_factor(plan, stage, step: int) -> float:
+    """LR factor (of lr_peak) at 1-based ``step`` of a plan stage; past the end it holds.
+
+    LambdaLR evaluates once more after the last optimizer step; that value is never used."""
+    from nanbeige_data.curriculum import lr_factor
+
+    return lr_factor(stage, min(max(step, 1), stage.steps), plan)
+
+
+def _lr_scheduler_config(plan, stage):
+    from torchtitan.components.optimizer import LRSchedulersContainer
+
+    @dataclass(kw_only=True, slots=True)
+    class PlanLR(LRSchedulersContainer.Config):
+        """LambdaLR over the plan's LR segment for this stage (factor of lr_peak)."""
+
+        def build(self, *, optimizers, training_steps):
+            def factor(step0: int) -> float:  # LambdaLR counts from 0; optimizer steps from 1
+                return stage_lr_factor(plan, stage, step0 + 1)
+
+            return LRSchedulersContainer(optimizers, factor)
+
+    return PlanLR()
+
+
+def _metrics_config(work_dir: Path, log_freq: int):
+    from torchtitan.components.metrics import MetricsProcessor
+
+    class JsonlMetrics(MetricsProcessor):
+        """torchtitan's metrics plus one JSON line per logged step on rank 0 (the loss curve)."""
+
+        def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
+            import torch.distributed as dist
+
+            super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics)
+            if dist.is_initialized() and dist.get_rank() != 0:
+                return
+            lr = next((v for k, v in (extra_metrics or {}).items() if k.startswith("lr")), None)
+            row = {
+                "step": step,
+                "loss": global_avg_loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "tokens": (extra_metrics or {}).get("n_tokens_seen"),
+                "time": time.time(),
+            }
+            with open(work_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(MetricsProcessor.Config):
+        pass
+
+    Config._owner = JsonlMetrics
+    JsonlMetrics.Config = Config
+    return Config(log_freq=log_freq, disable_color_printing=True)
+
+
+def trainer_config(spec: StageSpec, *, world_size: int = 1):
+    """A torchtitan ``Trainer.Config`` for this stage; resume vs. hand-off decided from disk."""
+    from torchtitan.components.checkpoint import CheckpointManager
+    from torchtitan.components.loss import CrossEntropyLoss
+    from torchtitan.components.optimizer import default_adamw
+    from torchtitan.config import ParallelismConfig, TrainingConfig
+    from torchtitan.config.configs import CommConfig, DebugConfig
+    from torchtitan.trainer import Trainer
+
+    from nanbeige_train.data import CurriculumDataLoader
+    from nanbeige_train.model import ModelShape, model_spec
+
+    plan, stage = spec.plan_stage()
+    work = Path(spec.work_dir)
+    dp = world_size // spec.tensor_parallel if spec.data_parallel_shard < 0 else spec.data_parallel_shard
+    per_step = stage.sequences_per_step
+    if per_step % dp:
+        raise ValueError(f"{per_step} sequences per step do not split over {dp} data-parallel ranks")
+    resume = bool(checkpoints(work))
+    handoff = spec.init_checkpoint if not resume else None
+    shape = ModelShape(**spec.model)
+    on_cpu = compat.needed()
+    return Trainer.Config(
+        model_spec=model_spec(
+            shape,
+            rope_theta=stage.rope_theta,
+            max_seq_len=stage.seq_len,
+            attention=spec.attention,
+        ),
+        hf_assets_path=spec.tokenizer_dir,
+        dump_folder=str(work),
+        loss=CrossEntropyLoss.Config(),
+        optimizer=default_adamw(lr=plan.lr_peak),
+        lr_scheduler=_lr_scheduler_config(plan, stage),
+        training=TrainingConfig(
+            local_batch_size=per_step // dp,
+            global_batch_size=per_step,
+            seq_len=stage.seq_len,
+            steps=stage.steps,
+            dtype="float32",
+            mixed_precision_param="bfloat16" if spec.dtype == "bfloat16" else "float32",
+            disable_cuda_graphs=on_cpu,
+            max_norm=1.0,
+        ),
+        dataloader=CurriculumDataLoader.Config(
+            shards_dir=spec.shards_dir, plan_path=spec.plan_path, stage=spec.stage
+        ),
+        metrics=_metrics_config(work, spec.log_freq),
+        parallelism=ParallelismConfig(
+            data_parallel_shard_degree=spec.data_parallel_shard,
+            tensor_parallel_degree=spec.tensor_parallel,
+            spmd_backend="partial_dtensor",
+        ),
+        checkpoint=CheckpointManager.Config(
+            enable=True,
+            folder="checkpoint",
+            interval=spec.checkpoint_every,
+            initial_load_path=handoff,
+            initial_load_model_only=False,
+            exclude_from_loading=["dataloader", "lr_scheduler", "train_state"] if handoff else [],
+            last_save_model_only=False,
+            keep_latest_k=2,
+        ),
+        activation_checkpoint=None,  # tiny activations; on GPUs a recipe field can add SAC
+        comm=CommConfig(init_timeout_seconds=300, train_timeout_seconds=300),
+        debug=DebugConfig(seed=spec.seed, deterministic=True),
+    )
+
+
+def run(spec: StageSpec) -> dict[str, Any]:
+    """Train the stage in this process (under torchrun); rank 0 writes ``result.json``."""
+    compat.isolate_imports()
+    import torch.distributed as dist
+    from torchtitan.tools.logging import init_logger
+
+    compat.apply()
+    init_logger()
+    work = Path(spec.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    resumed_from = checkpoints(work)[-1].name if checkpoints(work) else None
+    config = trainer_config(spec, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    trainer = config.build()
+    start_step = int(resumed_from.split("-")[1]) if resumed_from else 0
+    started = time.monotonic()
+    try:
+        trainer.train()
+        seen = trainer.dataloader.tokens_seen()
+        seconds = time.monotonic() - started
+        trained = trainer.step - start_step
+        result = {
+            "stage": spec.stage,
+            "steps": trainer.step,
+            "resumed_from": resumed_from,
+            "start_step": start_step,
+            "handoff_from": spec.init_checkpoint if resumed_from is None else None,
+            "tokens_seen": seen,
+            "seconds": seconds,
+            "tokens_per_second": trained * trainer.config.training.global_batch_size
+            * trainer.config.training.seq_len / max(seconds, 1e-9),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "checkpoint": str(checkpoints(work)[-1]),
+        }
+    finally:
+        trainer.close()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        (work / "result.json").write_text(json.dumps(result, indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
+    """The loss curve rows of a stage, one per logged step (the last write of a step wins)."""
+    path = Path(work_dir) / "metrics.jsonl"
+    rows: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def loss_ok(rows: list[dict[str, Any]], window: int = 5) -> tuple[bool, dict[str, float]]:
+    """Finite losses, and the last ``window`` steps' mean below the first ``window``'s."""
+    losses = [r["loss"] for r in rows]
+    if not losses:
+        return False, {}
+    k = max(1, min(window, len(losses) // 3 or 1))
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    finite = all(math.isfinite(x) for x in losses)
+    return finite and last < first, {"first_loss": first, "last_loss": last, "finite": finite}
+
+
+if __name__ == "__main__":
+    run(StageSpec.load(Path(sys.argv[1])))
