@@ -148,8 +148,7 @@ def _position_sql(cfg: TierConfig) -> str:
     """
     group = "PARTITION BY domain" if cfg.per_domain else ""
     return (
-        f"(row_number() OVER ({group} ORDER BY utility, id) - 1)::DOUBLE"
-        f" / count(*) OVER ({group})"
+        f"(row_number() OVER ({group} ORDER BY utility, id) - 1)::DOUBLE / count(*) OVER ({group})"
     )
 
 

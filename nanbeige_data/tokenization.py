@@ -34,8 +34,8 @@ Trade-offs:
   ``heldout_fraction`` (stable when the corpus grows), topped up with the next-lowest hashes
   to ``min_heldout_docs`` and capped so the train split is never empty. Near-duplicates
   across the split are the dedup stage's business, not this one's.
-* The whole bucket is sorted by its shuffle key in DuckDB before streaming; DuckDB spills to a scratch
-  directory under ``out_dir`` when the texts outgrow memory. Token ids are written batch by
+* The whole bucket is sorted by its shuffle key in DuckDB before streaming; DuckDB spills to a
+  scratch directory under ``out_dir`` when the texts outgrow memory. Token ids are written batch by
   batch, so only ``batch_docs`` documents' ids are in memory at a time.
 """
 

@@ -24,6 +24,7 @@ in :mod:`nanbeige_train.model`, not here. Call :func:`apply` before building a T
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
 import sys
@@ -92,14 +93,12 @@ def isolate_imports(hide_tensorflow: bool = True) -> None:
     Call at the top of a process that imports torchtitan (a no-op when already done)."""
     if hide_tensorflow and "tensorflow" not in sys.modules:
         sys.modules["tensorflow"] = None  # import tensorflow -> ImportError -> tensorboard stub
-    try:
+    with contextlib.suppress(ImportError):
         import triton  # noqa: F401
-    except ImportError:
-        pass
 
 
 def needed() -> bool:
-    """True when torch sees no accelerator: the only case in which :func:`apply` changes anything."""
+    """True when torch sees no accelerator: the only case in which :func:`apply` acts."""
     return torch.accelerator.current_accelerator() is None
 
 

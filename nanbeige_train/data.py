@@ -46,19 +46,22 @@ class MixtureSchedule:
 
     def next(self) -> int:
         """Index (into ``buckets``) of the bucket that sequence ``position`` comes from."""
-        j = self.position % self.total  # past the plan, the same interleave repeats
-        deficits = [n * (j + 1) - c * self.total for n, c in zip(self.targets, self._cycle())]
+        if self.position >= self.total:
+            raise StopIteration(f"the stage's {self.total} planned sequences are all drawn")
+        j = self.position
+        deficits = [
+            n * (j + 1) - c * self.total for n, c in zip(self.targets, self.counts, strict=True)
+        ]
         best = max(range(len(deficits)), key=lambda i: (deficits[i], -i))
         self.counts[best] += 1
         self.position += 1
         return best
 
-    def _cycle(self) -> list[int]:
-        cycles = self.position // self.total
-        return [c - cycles * n for c, n in zip(self.counts, self.targets)]
-
     def state(self) -> dict[str, Any]:
-        return {"position": self.position, "counts": dict(zip(self.buckets, self.counts))}
+        return {
+            "position": self.position,
+            "counts": dict(zip(self.buckets, self.counts, strict=True)),
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.position = int(state["position"])
@@ -154,20 +157,21 @@ class CurriculumDataLoader(_base_loader()):
         self.drawn = dict.fromkeys(self.schedule.buckets, 0)  # per bucket, over all ranks
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        global_batch = self.local_batch_size * self.dp_world_size
-        mine = range(self.dp_rank * self.local_batch_size, (self.dp_rank + 1) * self.local_batch_size)
-        while True:
+        """Local batches; every rank walks the global schedule and keeps its own slice."""
+        local = self.local_batch_size
+        mine = range(self.dp_rank * local, (self.dp_rank + 1) * local)
+        while self.schedule.position < self.schedule.total:
             rows = []
-            for i in range(global_batch):
+            for i in range(local * self.dp_world_size):
                 b = self.schedule.next()
-                bucket = self.schedule.buckets[b]
                 if i in mine:
-                    rows.append(self.streams[bucket].window(self.schedule.counts[b] - 1, self.seq_len))
+                    stream = self.streams[self.schedule.buckets[b]]
+                    rows.append(stream.window(self.schedule.counts[b] - 1, self.seq_len))
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
             yield {"input": batch[:, :-1]}, batch[:, 1:]
 
     def tokens_seen(self) -> dict[str, int]:
-        """Tokens per bucket this stage has emitted (all ranks; a resumed run counts from 0)."""
+        """Tokens per bucket this stage has emitted over all ranks (kept across a resume)."""
         state = self.schedule.state()
         return {b: n * self.seq_len for b, n in state["counts"].items()}
 

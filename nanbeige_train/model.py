@@ -52,7 +52,7 @@ class ModelShape:
 
 
 def llama_config(shape: ModelShape, *, rope_theta: float, max_seq_len: int, attention="sdpa"):
-    """torchtitan ``Llama3Model.Config`` for this shape (built on the meta device by the Trainer)."""
+    """torchtitan ``Llama3Model.Config`` for this shape (the Trainer builds it on meta)."""
     from torchtitan.models.common import (
         ComplexRoPE,
         Embedding,

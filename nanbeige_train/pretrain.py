@@ -152,10 +152,12 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1):
 
     plan, stage = spec.plan_stage()
     work = Path(spec.work_dir)
-    dp = world_size // spec.tensor_parallel if spec.data_parallel_shard < 0 else spec.data_parallel_shard
+    dp = spec.data_parallel_shard
+    if dp <= 0:
+        dp = world_size // spec.tensor_parallel
     per_step = stage.sequences_per_step
     if per_step % dp:
-        raise ValueError(f"{per_step} sequences per step do not split over {dp} data-parallel ranks")
+        raise ValueError(f"{per_step} sequences per step do not split over {dp} data ranks")
     resume = bool(checkpoints(work))
     handoff = spec.init_checkpoint if not resume else None
     shape = ModelShape(**spec.model)
@@ -235,8 +237,10 @@ def run(spec: StageSpec) -> dict[str, Any]:
             "handoff_from": spec.init_checkpoint if resumed_from is None else None,
             "tokens_seen": seen,
             "seconds": seconds,
-            "tokens_per_second": trained * trainer.config.training.global_batch_size
-            * trainer.config.training.seq_len / max(seconds, 1e-9),
+            "tokens_per_second": trained
+            * trainer.config.training.global_batch_size
+            * trainer.config.training.seq_len
+            / max(seconds, 1e-9),
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "checkpoint": str(checkpoints(work)[-1]),
         }
