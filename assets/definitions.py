@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from assets import refinery
+from assets import curriculum, pretrain, refinery
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
 from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
 
-ALL_ASSETS = [*RAW_ASSETS, corpus_summary, *refinery.ASSETS]
-ALL_CHECKS = [*RAW_CHECKS, *refinery.CHECKS]
+ALL_ASSETS = [*RAW_ASSETS, corpus_summary, *refinery.ASSETS, *curriculum.ASSETS, *pretrain.ASSETS]
+ALL_CHECKS = [*RAW_CHECKS, *refinery.CHECKS, *curriculum.CHECKS, *pretrain.CHECKS]
 
 main_job = dg.define_asset_job(
     "main",
@@ -23,6 +23,12 @@ refinery_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("corpus", "refinery"),
     executor_def=dg.in_process_executor,
 )
+pretrain_job = dg.define_asset_job(
+    "pretrain",
+    selection=dg.AssetSelection.groups("curriculum", "pretrain"),
+    description="Tokenizer, shards, plan, every FG-WSD stage and the HF export (refinery done).",
+    executor_def=dg.in_process_executor,
+)
 
 
 def build_resources(store_root: str = "", recipe: str = "") -> dict:
@@ -30,12 +36,13 @@ def build_resources(store_root: str = "", recipe: str = "") -> dict:
         "recipe": RecipeResource(path=recipe),
         "store": StoreResource(root=store_root),
         "io_manager": VersionedStoreIOManager(root=store_root),
+        "launcher": pretrain.LauncherResource(),
     }
 
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[main_job, corpus_job, refinery_job],
+    jobs=[main_job, corpus_job, refinery_job, pretrain_job],
     resources=build_resources(),
 )

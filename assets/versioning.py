@@ -17,10 +17,10 @@ from nanbeige_data.recipe import RECIPE_ENV, Recipe, RecipeError, load_recipe
 from nanbeige_data.store import Staging, StoreError, Version, VersionedStore
 
 
-def code_version(module_version: str, section: str) -> str:
-    """Definition-time code version: module version + the section hash of the env recipe."""
+def code_version(module_version: str, *sections: str) -> str:
+    """Definition-time code version: module version + the sections' hash in the env recipe."""
     recipe = _definition_recipe(os.environ.get(RECIPE_ENV, ""))
-    return f"{module_version}+{recipe.section_hash(section)}"
+    return f"{module_version}+{recipe.section_hash(*sections)}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,18 +51,19 @@ def commit(
     staging: Staging,
     *,
     recipe: Recipe,
-    section: str,
+    section: str | tuple[str, ...],
     counts: Mapping[str, int],
     inputs: Mapping[str, Version] | None = None,
     metadata: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dg.Output[Version]:
     """Seal the staging dir as a new version and return it as a Dagster output."""
+    sections = (section,) if isinstance(section, str) else section
     version = store.commit(
         staging,
         inputs=dict(inputs or {}),
         code_version=context.assets_def.code_versions_by_key.get(context.asset_key) or "",
-        recipe_hash=recipe.section_hash(section),
+        recipe_hash=recipe.section_hash(*sections),
         recipe_name=recipe.name,
         counts=dict(counts),
         extra={"run_id": context.run_id, "seed": recipe.seed, **(extra or {})},
@@ -73,7 +74,7 @@ def commit(
         "data_version": version.data_version,
         "path": dg.MetadataValue.path(version.path),
         "recipe": recipe.name,
-        "recipe_hash": recipe.section_hash(section),
+        "recipe_hash": recipe.section_hash(*sections),
         "inputs": dg.MetadataValue.json(version.manifest["inputs"]),
         **{k: int(v) for k, v in counts.items()},
         **(metadata or {}),

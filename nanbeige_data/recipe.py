@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,9 +36,13 @@ class RecipeError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # fields that say how a stage runs, not what it computes: never part of its version
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
+
     def version_hash(self) -> str:
         """Hash of this section's resolved values: what enters a stage's version."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        values = self.model_dump(mode="json", exclude=set(self.execution_fields))
+        blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -250,7 +254,11 @@ class CurriculumConfig(Section):
 
 
 class PretrainConfig(Section):
-    batch_size: PositiveInt = 8
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"checkpoint_every", "data_parallel_shard", "tensor_parallel", "nproc_per_node"}
+    )
+
+    batch_size: PositiveInt = 8  # global sequences per micro-step over all data-parallel ranks
     grad_accumulation: PositiveInt = 1
     checkpoint_every: PositiveInt = 50
     dtype: Literal["float32", "bfloat16"] = "float32"

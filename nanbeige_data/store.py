@@ -247,6 +247,29 @@ class VersionedStore:
             (cache / MANIFEST).write_text(json.dumps(version.manifest, indent=2, default=str))
         return Version(version.key, version.version_id, str(cache), version.manifest)
 
+    def workdir(self, key: str, fingerprint: str) -> Path:
+        """A local working directory that outlives a crashed writer of ``key``.
+
+        Long writers (training) checkpoint here; an attempt with the same ``fingerprint``
+        (same code and inputs) finds the checkpoints and resumes. It is not a version and is
+        never listed; remove it with :meth:`discard_workdir` once the version is committed."""
+        if not fingerprint or "/" in fingerprint or fingerprint.startswith("."):
+            raise StoreError(f"invalid work fingerprint {fingerprint!r}")
+        if self.is_local:
+            base = Path(self._asset_dir(key)) / ".work"
+        else:
+            base = Path(os.environ.get("NANBEIGE_CACHE") or Path.home() / ".cache" / "nanbeige")
+            base = base / "work" / key
+        path = base / fingerprint
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create work directory {path}: {exc.strerror or exc}") from exc
+        return path
+
+    def discard_workdir(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
     def prune(self, key: str, keep: int = 3) -> list[str]:
         """Delete all but the newest ``keep`` versions of ``key``; returns deleted ids."""
         doomed = self.versions(key)[:-keep] if keep > 0 else self.versions(key)

@@ -549,3 +549,43 @@ def _write_index(index: ShardIndex, out_dir: Path) -> None:
     frame.write_parquet(out_dir / "index.parquet.tmp")
     (out_dir / "index.parquet.tmp").replace(out_dir / "index.parquet")
     _write_text(out_dir / "index.json", json.dumps(index.as_dict(), indent=2) + "\n")
+
+
+# --- inputs the curriculum assets hand to this module -------------------------------------
+
+
+def corpus_texts(corpus_dir: Path) -> Iterator[str]:
+    """Texts of a refined corpus version (Parquet shards), in file order, a batch at a time."""
+    import pyarrow.dataset as ds
+
+    files = sorted(Path(corpus_dir).glob("*.parquet"))
+    if not files:
+        raise TokenizationError(f"{corpus_dir}: no Parquet shards to train a tokenizer on")
+    for batch in ds.dataset([str(f) for f in files]).to_batches(columns=["text"]):
+        yield from batch.column(0).to_pylist()
+
+
+def roundtrip_sample(corpus_dir: Path, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` documents per domain (seeded), for the tokenizer's round-trip check."""
+    glob = _quote(Path(corpus_dir) / "*.parquet")
+    with duckdb.connect() as con:
+        rows = con.sql(
+            f"SELECT id, text FROM (SELECT id, text, row_number() OVER (PARTITION BY domain "
+            f"ORDER BY hash(id || '{int(seed)}')) AS k FROM read_parquet('{glob}')) "
+            f"WHERE k <= {int(n)} ORDER BY id"
+        ).fetchall()
+    return [(i, t) for i, t in rows]
+
+
+def reasoning_heldout() -> list[str]:
+    """Reasoning-style held-out texts: CHAMP problems with solutions, reasoning-gym tasks.
+
+    The refined corpus was decontaminated against exactly these sets, so they are held out by
+    construction; the ablation scores each model's loss on them."""
+    from nanbeige_data.decontam import eval_items
+
+    return [
+        item.text
+        for item in eval_items()
+        if item.benchmark == "champ" or item.benchmark.startswith("reasoning_gym")
+    ]

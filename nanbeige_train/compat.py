@@ -15,7 +15,11 @@ torchtitan 0.3 has no CPU device option. This is exactly what it assumes and wha
    is installed (other packages here pull it in), which takes 4 s and, loaded before triton's
    C extension, makes that import segfault. :func:`isolate_imports` imports triton first and,
    in a training process, hides TensorFlow (tensorboard then uses its own stub).
-4. The process group: ``dist_utils.init_distributed`` maps ``cpu`` to gloo through torch's
+4. FSDP reduce-scatters gradients with ``ReduceOp.PREMUL_SUM``, which gloo lacks.
+   torchtitan already divides the loss by the global token count (gradient divide factor 1),
+   so :func:`gloo_parallelize` wraps the model's parallelize function and switches every FSDP
+   module to plain-sum reduction -- the same numbers, an op gloo has.
+5. The process group: ``dist_utils.init_distributed`` maps ``cpu`` to gloo through torch's
    default device-backend map, so nothing is needed there.
 
 Attention on CPU is SDPA (FlexAttention has no CPU backward in torch 2.13); that choice lives
@@ -123,3 +127,20 @@ def apply() -> bool:
 
 def _set_timeout_noop(timeout: timedelta, group=None) -> None:
     """torch < 2.14 cannot change a live process group's timeout; gloo keeps its own."""
+
+
+def gloo_parallelize(parallelize_fn):
+    """Wrap a torchtitan parallelize function: on CPU, FSDP reduces with a plain sum (gloo)."""
+    if not needed():
+        return parallelize_fn
+
+    def parallelize(model, **kwargs):
+        from torch.distributed.fsdp import FSDPModule
+
+        model = parallelize_fn(model, **kwargs)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_force_sum_reduction_for_comms(True)
+        return model
+
+    return parallelize

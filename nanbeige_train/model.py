@@ -20,6 +20,8 @@ from functools import partial
 
 import torch.nn as nn
 
+from nanbeige_train import compat
+
 CODE_VERSION = "1"
 
 
@@ -135,7 +137,7 @@ def model_spec(shape: ModelShape, *, rope_theta: float, max_seq_len: int, attent
         model=llama_config(
             shape, rope_theta=rope_theta, max_seq_len=max_seq_len, attention=attention
         ),
-        parallelize_fn=parallelize_llama,
+        parallelize_fn=compat.gloo_parallelize(parallelize_llama),
         pipelining_fn=pipeline_llm,
         post_optimizer_build_fn=None,
         state_dict_adapter=Llama3StateDictAdapter,

@@ -138,8 +138,17 @@ def _metrics_config(work_dir: Path, log_freq: int):
     return Config(log_freq=log_freq, disable_color_printing=True)
 
 
-def trainer_config(spec: StageSpec, *, world_size: int = 1):
-    """A torchtitan ``Trainer.Config`` for this stage; resume vs. hand-off decided from disk."""
+def seed_checkpoint(work_dir: Path) -> Path:
+    """Where a first stage's initial weights are written by one process before training."""
+    return Path(work_dir) / "seed" / "step-0"
+
+
+def trainer_config(spec: StageSpec, *, world_size: int = 1, create_seed: bool = False):
+    """A torchtitan ``Trainer.Config`` for this stage; resume vs. hand-off decided from disk.
+
+    A first stage starts from a seed checkpoint that one process writes (``create_seed``):
+    initialising sharded parameters draws different random numbers than initialising whole
+    ones, so without it one and two processes would train different models."""
     from torchtitan.components.checkpoint import CheckpointManager
     from torchtitan.components.loss import CrossEntropyLoss
     from torchtitan.components.optimizer import default_adamw
@@ -158,8 +167,10 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1):
     per_step = stage.sequences_per_step
     if per_step % dp:
         raise ValueError(f"{per_step} sequences per step do not split over {dp} data ranks")
-    resume = bool(checkpoints(work))
-    handoff = spec.init_checkpoint if not resume else None
+    resume = bool(checkpoints(work)) and not create_seed
+    handoff = None
+    if not resume and not create_seed:
+        handoff = spec.init_checkpoint or str(seed_checkpoint(work))
     shape = ModelShape(**spec.model)
     on_cpu = compat.needed()
     return Trainer.Config(
@@ -195,7 +206,8 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1):
         ),
         checkpoint=CheckpointManager.Config(
             enable=True,
-            folder="checkpoint",
+            folder="seed" if create_seed else "checkpoint",
+            create_seed_checkpoint=create_seed,
             interval=spec.checkpoint_every,
             initial_load_path=handoff,
             initial_load_model_only=False,
@@ -209,8 +221,10 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1):
     )
 
 
-def run(spec: StageSpec) -> dict[str, Any]:
-    """Train the stage in this process (under torchrun); rank 0 writes ``result.json``."""
+def run(spec: StageSpec, *, create_seed: bool = False) -> dict[str, Any]:
+    """Train the stage in this process (under torchrun); rank 0 writes ``result.json``.
+
+    With ``create_seed`` (one process only) write the initial weights and return."""
     compat.isolate_imports()
     import torch.distributed as dist
     from torchtitan.tools.logging import init_logger
@@ -219,29 +233,34 @@ def run(spec: StageSpec) -> dict[str, Any]:
     init_logger()
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config = trainer_config(spec, world_size=world, create_seed=create_seed)
+    if create_seed:
+        trainer = config.build()
+        try:
+            trainer.checkpointer.save(curr_step=0, last_step=True)
+        finally:
+            trainer.close()
+        return {"seed_checkpoint": str(seed_checkpoint(work))}
     resumed_from = checkpoints(work)[-1].name if checkpoints(work) else None
-    config = trainer_config(spec, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    trainer = config.build()
     start_step = int(resumed_from.split("-")[1]) if resumed_from else 0
+    trainer = config.build()
     started = time.monotonic()
     try:
         trainer.train()
-        seen = trainer.dataloader.tokens_seen()
         seconds = time.monotonic() - started
-        trained = trainer.step - start_step
+        tokens = (trainer.step - start_step) * config.training.global_batch_size
         result = {
             "stage": spec.stage,
             "steps": trainer.step,
             "resumed_from": resumed_from,
             "start_step": start_step,
-            "handoff_from": spec.init_checkpoint if resumed_from is None else None,
-            "tokens_seen": seen,
+            "initial_load": config.checkpoint.initial_load_path,
+            "tokens_seen": trainer.dataloader.tokens_seen(),
             "seconds": seconds,
-            "tokens_per_second": trained
-            * trainer.config.training.global_batch_size
-            * trainer.config.training.seq_len
-            / max(seconds, 1e-9),
-            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "tokens_per_second": _steady_tokens_per_second(read_metrics(work))
+            or tokens * config.training.seq_len / max(seconds, 1e-9),
+            "world_size": world,
             "checkpoint": str(checkpoints(work)[-1]),
         }
     finally:
@@ -266,6 +285,14 @@ def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _steady_tokens_per_second(rows: list[dict[str, Any]]) -> float | None:
+    """Tokens/s between the first and the last logged step (no start-up, no shutdown)."""
+    if len(rows) < 3 or rows[-1]["tokens"] is None:
+        return None
+    span = rows[-1]["time"] - rows[0]["time"]
+    return (rows[-1]["tokens"] - rows[0]["tokens"]) / span if span > 0 else None
+
+
 def loss_ok(rows: list[dict[str, Any]], window: int = 5) -> tuple[bool, dict[str, float]]:
     """Finite losses, and the last ``window`` steps' mean below the first ``window``'s."""
     losses = [r["loss"] for r in rows]
@@ -278,4 +305,4 @@ def loss_ok(rows: list[dict[str, Any]], window: int = 5) -> tuple[bool, dict[str
 
 
 if __name__ == "__main__":
-    run(StageSpec.load(Path(sys.argv[1])))
+    run(StageSpec.load(Path(sys.argv[1])), create_seed="--seed" in sys.argv[2:])

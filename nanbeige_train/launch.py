@@ -1,0 +1,93 @@
+"""Launching a training stage: torchrun on this machine, one process per rank.
+
+Assets never build command lines; they hand a :class:`~nanbeige_train.pretrain.StageSpec` to a
+launcher. :class:`LocalLauncher` runs ``torchrun --standalone`` here (gloo on CPU, NCCL on
+GPUs), streams the log to a file and to a progress callback, and turns a failed run into a
+:class:`TrainingError` carrying the log's tail. A cluster launcher (Slurm ``srun torchrun``,
+a Kubernetes job) implements the same ``run_stage``.
+
+Threads: each rank gets ``cpu_count // nproc`` intra-op threads so two gloo ranks on a
+2-core machine do not oversubscribe it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanbeige_train.pretrain import StageSpec, checkpoints, seed_checkpoint
+
+CODE_VERSION = "1"
+
+
+class TrainingError(RuntimeError):
+    """A training process failed; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class LocalLauncher:
+    nproc_per_node: int = 1
+    python: str = sys.executable
+    timeout_s: float | None = None
+
+    def run_stage(
+        self, spec: StageSpec, *, on_line: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Train one stage (writing its seed first if it is the first stage); its result."""
+        work = Path(spec.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        spec_path = spec.save(work / "spec.json")
+        fresh = not checkpoints(work) and spec.init_checkpoint is None
+        if fresh and not (seed_checkpoint(work) / ".metadata").exists():
+            self._torchrun(spec_path, 1, work / "seed.log", on_line, "--seed")
+        result_path = work / "result.json"
+        result_path.unlink(missing_ok=True)
+        self._torchrun(spec_path, self.nproc_per_node, work / "train.log", on_line)
+        if not result_path.exists():
+            raise TrainingError(f"stage {spec.stage}: training exited without {result_path}")
+        return json.loads(result_path.read_text())
+
+    def _torchrun(self, spec_path: Path, nproc: int, log: Path, on_line, *extra: str) -> None:
+        cmd = [
+            self.python, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain", str(spec_path), *extra,
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+        with open(log, "a") as sink:
+            sink.write(f"$ {' '.join(cmd)}\n")
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,  # one process group: torchrun and its ranks
+            )
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    sink.write(line)
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+                code = proc.wait(timeout=self.timeout_s)
+            except BaseException:  # interrupted (run cancelled, callback raised): no orphans
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+        if code != 0:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+            raise TrainingError(f"{' '.join(cmd[3:])} exited with {code}; log {log}:\n{tail}")
