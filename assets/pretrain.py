@@ -7,11 +7,12 @@ Stages come from the recipe the Definitions are built from; training is launched
 import hashlib
 import json
 import os
+import shutil
 
 import dagster as dg
 
 from assets.checks import version_check
-from assets.curriculum import PLAN_FILE
+from assets.curriculum import PLAN_FILE, VANILLA_FILE
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import _definition_recipe, code_version, commit, staged
 from nanbeige_data.recipe import RECIPE_ENV, Recipe
@@ -289,7 +290,119 @@ def _logits_match(version: Version, rcp: Recipe) -> tuple[bool, dict]:
     return diff <= 1e-4, {"max_abs_logit_diff": diff, "tolerance": 1e-4}
 
 
-ASSETS = [*STAGE_ASSETS, base_model]
+@dg.asset(
+    group_name=GROUP,
+    ins={
+        **{f"pretrain_{s}": dg.AssetIn(f"pretrain_{s}") for s in STAGES},
+        **{name: dg.AssetIn(name) for name in ("fgwsd_plan", "token_shards", "tokenizer")},
+    },
+    code_version=code_version(runner.CODE_VERSION, *SECTIONS, "curriculum"),
+    description="FG-WSD vs vanilla WSD on the same token budget and LR: the vanilla plan (one "
+    "fixed mixture) is trained here, both are scored on every held-out bucket and the "
+    "reasoning set; extra seeds of both plans when the recipe asks for them.",
+    kinds={"torchtitan"},
+)
+def pretrain_ablation(
+    context: dg.AssetExecutionContext,
+    recipe: RecipeResource,
+    store: StoreResource,
+    launcher: LauncherResource,
+    fgwsd_plan: Version,
+    token_shards: Version,
+    tokenizer: Version,
+    **stages: Version,
+) -> dg.Output[Version]:
+    rcp, vstore = recipe.load(), store.open()
+    inputs = {"fgwsd_plan": fgwsd_plan, "token_shards": token_shards, "tokenizer": tokenizer}
+    inputs.update(stages)
+    shape = _shape(rcp, tokenizer)
+    work = vstore.workdir("pretrain_ablation", _fingerprint(context, *inputs.values()))
+    final = stages[LAST_STAGE]
+    last = final.manifest["extra"]["stage"]
+    checkpoints = {"fgwsd/seed0": final.local_path / "checkpoint"}
+    curves = {
+        "fgwsd/seed0": [
+            r for s in STAGES for r in runner.read_metrics(stages[f"pretrain_{s}"].local_path)
+        ]
+    }
+    with staged(vstore, context) as out:
+        for i in range(rcp.curriculum.ablation_seeds):
+            arms = [("vanilla_wsd", VANILLA_FILE)] + ([("fgwsd", PLAN_FILE)] if i else [])
+            for arm, plan_file in arms:
+                name = f"{arm}/seed{i}"
+                context.log.info(f"ablation: training {name}")
+
+                def spec(stage, previous, arm=arm, plan_file=plan_file, i=i):
+                    return runner.stage_spec(
+                        plan_path=fgwsd_plan.local_path / plan_file,
+                        stage=stage,
+                        shards_dir=token_shards.local_path,
+                        tokenizer_dir=tokenizer.local_path,
+                        shape=shape,
+                        work_dir=work / f"{arm}-seed{i}" / stage,
+                        init_checkpoint=previous,
+                        pretrain=rcp.pretrain,
+                        seed=rcp.seed + i,
+                    )
+
+                run_dir = work / f"{arm}-seed{i}" / "out"  # outlives a crash: resumable
+                try:
+                    runner.train_plan(
+                        fgwsd_plan.local_path / plan_file,
+                        spec,
+                        run_dir,
+                        launcher.launcher(rcp),
+                        _progress(context, every=50),
+                    )
+                except TrainingError as exc:
+                    raise dg.Failure(
+                        description=f"ablation {name}: {str(exc).splitlines()[0]}",
+                        metadata={"log_tail": dg.MetadataValue.text(str(exc)[-4000:])},
+                    ) from exc
+                shutil.copytree(run_dir, out.path / arm / f"seed{i}")
+                checkpoints[name] = out.path / arm / f"seed{i}" / STAGES[-1] / "checkpoint"
+                curves[name] = [r for s in STAGES for r in runner.read_metrics(run_dir / s)]
+        losses = runner.compare_heldout(
+            checkpoints,
+            token_shards.local_path,
+            shape,
+            rope_theta=last["rope_theta"],
+            seq_len=last["seq_len"],
+        )
+        table, summary = runner.ablation_table(losses)
+        plot = runner.plot_ablation(summary, curves, out.path / "ablation.png")
+        (out.path / "ablation.json").write_text(
+            json.dumps({"losses": losses, "summary": summary}, indent=2)
+        )
+        (out.path / "ablation.md").write_text(table)
+        version = commit(
+            context,
+            vstore,
+            out,
+            recipe=rcp,
+            section=(*SECTIONS, "curriculum"),
+            inputs=inputs,
+            counts={"seeds": rcp.curriculum.ablation_seeds, "heldout_sets": summary["sets"]},
+            metadata={
+                "heldout_loss": dg.MetadataValue.md(table),
+                "plot": dg.MetadataValue.md(plot),
+                "mean_delta_nats": round(summary["mean_delta"], 4),
+                "fgwsd_lower_on": f"{summary['fgwsd_better']}/{summary['sets']}",
+            },
+            extra={"summary": summary},
+        )
+    vstore.discard_workdir(work)
+    return version
+
+
+def _ablation_finite(version: Version, rcp: Recipe) -> tuple[bool, dict]:
+    summary = version.manifest["extra"]["summary"]
+    values = [v for b in summary["buckets"].values() for v in (b["fgwsd"], b["vanilla_wsd"])]
+    ok = bool(values) and all(v == v and v < float("inf") for v in values)
+    return ok, {"sets": summary["sets"], "all_finite": ok}
+
+
+ASSETS = [*STAGE_ASSETS, base_model, pretrain_ablation]
 CHECKS = [
     *[check for name in STAGES for check in stage_checks(name)],
     version_check(
@@ -297,5 +410,11 @@ CHECKS = [
         name="logits_match_training_model",
         evaluate=_logits_match,
         description="transformers' logits on a fixed batch equal the training model's (1e-4).",
+    ),
+    version_check(
+        "pretrain_ablation",
+        name="heldout_losses_finite",
+        evaluate=_ablation_finite,
+        description="Both plans were scored on every held-out set with finite losses.",
     ),
 ]

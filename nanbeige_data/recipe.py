@@ -235,6 +235,7 @@ class CurriculumConfig(Section):
     decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     stages: list[StageConfig]
     vanilla_wsd: bool = True  # also build the one-mixture WSD plan for the ablation
+    ablation_seeds: PositiveInt = 1  # FG-WSD vs vanilla WSD, each trained with this many seeds
 
     @model_validator(mode="after")
     def _shape(self) -> CurriculumConfig:

@@ -125,13 +125,21 @@ def train_plan(
     launcher: LocalLauncher,
     on_line: Callable[[str], None] | None = None,
 ) -> list[StageReport]:
-    """Every stage of a plan in order, each from the previous one's checkpoint."""
+    """Every stage of a plan in order, each from the previous one's checkpoint. Only the last
+    stage's checkpoint is kept in ``out_dir`` (with every stage's curve and report); a stage
+    already complete in ``out_dir`` (an interrupted earlier attempt) is not trained again."""
     plan = json.loads(Path(plan_path).read_text())
     reports, previous = [], None
     for entry in plan["stages"]:
         stage_dir = Path(out_dir) / entry["name"]
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        report = train_stage(specs(entry["name"], previous), stage_dir, launcher, on_line)
+        if (stage_dir / "report.json").exists() and (stage_dir / "checkpoint").exists():
+            report = StageReport(**json.loads((stage_dir / "report.json").read_text()))
+        else:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            stage_dir.mkdir(parents=True)
+            report = train_stage(specs(entry["name"], previous), stage_dir, launcher, on_line)
+        if previous is not None:
+            shutil.rmtree(previous)
         previous = stage_dir / "checkpoint"
         reports.append(report)
     return reports
@@ -236,3 +244,91 @@ def plot_losses(curves: Mapping[str, list[dict[str, Any]]], out_png: Path, title
     if len(curves) > 1:
         ax.legend(fontsize=8)
     return _png_markdown(fig, out_png, title)
+
+
+# --- the FG-WSD vs vanilla-WSD ablation ---------------------------------------------------
+
+
+def compare_heldout(
+    checkpoints: Mapping[str, Path],
+    shards_dir: Path,
+    shape: ModelShape,
+    *,
+    rope_theta: float,
+    seq_len: int,
+    max_tokens: int = 32_768,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Held-out loss per bucket for each named checkpoint: {name: {bucket: {loss, tokens}}}."""
+    from nanbeige_train.export import load_training_model
+
+    out = {}
+    for name, checkpoint in checkpoints.items():
+        model = load_training_model(checkpoint, shape, rope_theta=rope_theta, max_seq_len=seq_len)
+        out[name] = heldout_losses(model, shards_dir, seq_len=seq_len, max_tokens=max_tokens)
+    return out
+
+
+def ablation_table(losses: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[str, dict]:
+    """Markdown: held-out loss per bucket, FG-WSD vs vanilla WSD (mean over seeds), and the
+    per-bucket difference; plus the summary numbers. Names look like ``fgwsd/seed0``."""
+    arms: dict[str, list[Mapping[str, Mapping[str, float]]]] = {}
+    for name, per_bucket in losses.items():
+        arms.setdefault(name.split("/")[0], []).append(per_bucket)
+    buckets = sorted({b for per in losses.values() for b in per})
+
+    def mean(arm: str, bucket: str) -> float:
+        values = [per[bucket]["loss"] for per in arms.get(arm, []) if bucket in per]
+        return sum(values) / len(values) if values else math.nan
+
+    def spread(arm: str, bucket: str) -> float:
+        values = [per[bucket]["loss"] for per in arms.get(arm, []) if bucket in per]
+        return (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+    lines = [
+        "| held-out set | FG-WSD | vanilla WSD | FG-WSD - vanilla |",
+        "|---|---:|---:|---:|",
+    ]
+    summary = {"buckets": {}, "seeds": {arm: len(v) for arm, v in arms.items()}}
+    for bucket in buckets:
+        f, v = mean("fgwsd", bucket), mean("vanilla_wsd", bucket)
+        summary["buckets"][bucket] = {"fgwsd": f, "vanilla_wsd": v, "delta": f - v}
+        lines.append(
+            f"| {bucket} | {f:.4f} ± {spread('fgwsd', bucket):.4f} | "
+            f"{v:.4f} ± {spread('vanilla_wsd', bucket):.4f} | {f - v:+.4f} |"
+        )
+    deltas = [d["delta"] for d in summary["buckets"].values() if not math.isnan(d["delta"])]
+    summary["mean_delta"] = sum(deltas) / len(deltas) if deltas else math.nan
+    summary["fgwsd_better"] = sum(d < 0 for d in deltas)
+    summary["sets"] = len(deltas)
+    lines.append(
+        f"\nLoss in nats per token (mean ± half-range over seeds); negative difference = FG-WSD "
+        f"lower. FG-WSD is lower on {summary['fgwsd_better']} of {summary['sets']} held-out sets."
+    )
+    return "\n".join(lines), summary
+
+
+def plot_ablation(summary: Mapping[str, Any], curves: Mapping[str, list], out_png: Path) -> str:
+    """Bars: held-out loss per set for both plans; lines: training loss over all stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = list(summary["buckets"])
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 3.6))
+    x = np.arange(len(buckets))
+    for offset, arm, label in ((-0.2, "fgwsd", "FG-WSD"), (0.2, "vanilla_wsd", "vanilla WSD")):
+        bars.bar(x + offset, [summary["buckets"][b][arm] for b in buckets], 0.4, label=label)
+    bars.set_xticks(x, buckets, rotation=45, ha="right", fontsize=7)
+    bars.set_ylabel("held-out loss (nats)")
+    bars.legend(fontsize=8)
+    lo = min(min(v["fgwsd"], v["vanilla_wsd"]) for v in summary["buckets"].values())
+    bars.set_ylim(bottom=max(0.0, lo - 0.5))
+    for name, rows in curves.items():
+        style = "-" if name.startswith("fgwsd") else "--"
+        lines.plot(range(1, len(rows) + 1), [r["loss"] for r in rows], style, lw=1, label=name)
+    lines.set_xlabel("optimizer step (all stages)")
+    lines.set_ylabel("train loss")
+    lines.legend(fontsize=7)
+    lines.grid(alpha=0.3)
+    return _png_markdown(fig, out_png, "FG-WSD vs vanilla WSD")
