@@ -235,6 +235,23 @@ def plain_batches(shards: Path, plan_dict: dict, batch: int):
         yield tokens[:, :-1], tokens[:, 1:]
 
 
+def materialise_state(opt) -> None:
+    """One zero-gradient, zero-LR step, as torchtitan's seed checkpoint does to a fresh AdamW
+    (torch's ``_init_optim_state``, so the state can be saved): the first real update is then
+    Adam's step 2. With it both runs compute the same losses, step for step."""
+    import torch
+
+    lrs = [group["lr"] for group in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    for group, lr in zip(opt.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+
+
 def run_plain(shape, plan, stage, shards: Path, plan_path: Path, steps: int, warmup: int) -> dict:
     """The baseline loop: same model, optimizer settings, LR, loss, clipping and batches."""
     import torch
@@ -256,8 +273,9 @@ def run_plain(shape, plan, stage, shards: Path, plan_path: Path, steps: int, war
     opt = torch.optim.AdamW(
         params, lr=plan.lr_peak, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True
     )
+    materialise_state(opt)
     batches = plain_batches(shards, json.loads(plan_path.read_text()), stage.sequences_per_step)
-    losses, ends, started = [], [], time.perf_counter()
+    load, losses, ends, started = os.getloadavg()[0], [], [], time.perf_counter()
     for step in range(1, steps + 1):
         inputs, labels = next(batches)
         for group in opt.param_groups:
@@ -274,8 +292,8 @@ def run_plain(shape, plan, stage, shards: Path, plan_path: Path, steps: int, war
         **steady_rates(ends, stage.tokens_per_step, warmup),
         "wall_s": ends[-1] - started,
         "threads": torch.get_num_threads(),
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
+        "load_average_1min_before": load,
+        "losses": losses,
     }
 
 
@@ -295,7 +313,7 @@ def run_torchtitan(spec, nproc: int, warmup: int, tokens_per_step: int) -> dict:
     from nanbeige_train.pretrain import read_metrics, seed_checkpoint
 
     work = Path(spec.work_dir)
-    t0 = time.time()
+    load, t0 = os.getloadavg()[0], time.time()
     result = LocalLauncher(nproc_per_node=nproc).run_stage(spec)
     t1 = time.time()
     rows = read_metrics(work)
@@ -312,9 +330,37 @@ def run_torchtitan(spec, nproc: int, warmup: int, tokens_per_step: int) -> dict:
         "steps_s": rows[-1]["time"] - rows[0]["time"],
         "after_last_step_s": t1 - rows[-1]["time"],  # final checkpoint, teardown
         "threads_per_rank": max(1, (os.cpu_count() or 1) // nproc),
-        "first_loss": rows[0]["loss"],
-        "last_loss": rows[-1]["loss"],
+        "load_average_1min_before": load,
+        "losses": [r["loss"] for r in rows],
     }
+
+
+def bench_training(args, root: Path, vocab: int) -> tuple[dict, dict]:
+    """Plain loop, then torchtitan at each rank count, on the shards under ``root``."""
+    from nanbeige_train.model import ModelShape
+
+    shards, tok_dir, plan_path = root / "shards", root / "tokenizer", root / "plan.json"
+    rcp, plan, stage = write_plan(shards, args.steps, plan_path)
+    shape = ModelShape.from_recipe(rcp.model, vocab_size=vocab)
+    settings = {
+        **asdict(shape),
+        "batch": stage.sequences_per_step,
+        "seq_len": stage.seq_len,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "stage": STAGE,
+        "lr": plan.lr_peak,
+    }
+    print("plain PyTorch loop ...", flush=True)
+    plain = run_plain(shape, plan, stage, shards, plan_path, args.steps, args.warmup)
+    training = {"plain": plain}
+    for n in args.nprocs:
+        print(f"torchtitan, {n} rank(s) ...", flush=True)
+        spec = stage_spec(rcp, shape, plan_path, shards, tok_dir, root / f"tt-{n}", args.steps)
+        row = run_torchtitan(spec, n, args.warmup, stage.tokens_per_step)
+        diffs = [abs(a - b) for a, b in zip(row["losses"], plain["losses"], strict=True)]
+        training[f"torchtitan_n{n}"] = {**row, "max_abs_loss_diff_vs_plain": max(diffs)}
+    return settings, training
 
 
 def stage_spec(rcp, shape, plan_path: Path, shards: Path, tok_dir: Path, work: Path, steps: int):
@@ -387,6 +433,15 @@ def print_report(report: dict) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(_training_rows(report["training"])))
+    for key, r in report["training"].items():
+        if key != "plain":
+            print(
+                f"{key}: wall {r['wall_s']:.1f}s = seed process {r['seed_process_s']:.1f}s + "
+                f"training process to step 1 {r['to_first_step_s'] - r['seed_process_s']:.1f}s "
+                f"+ steps 2..{s['steps']} {r['steps_s']:.1f}s + checkpoint/teardown "
+                f"{r['after_last_step_s']:.1f}s; max |loss - plain loss| "
+                f"{r['max_abs_loss_diff_vs_plain']:.1e}"
+            )
     enc, trained = tok["encode_documents"], tok["train_tokenizer"]
     print(f"\ncorpus: {tok['source']}, {enc['documents']} kept documents, {enc['chars']:,} chars\n")
     print("| tokenization | tokens/s | vs encode | seconds |")
@@ -435,31 +490,7 @@ def main() -> None:
             "write_token_shards": bench_shards(corpus, tiers, tok_dir, shards),
             "encode_documents": bench_encode(corpus, tiers, tok_dir),
         }
-        from nanbeige_train.model import ModelShape
-
-        plan_path = root / "plan.json"
-        rcp, plan, stage = write_plan(shards, args.steps, plan_path)
-        shape = ModelShape.from_recipe(rcp.model, vocab_size=trained["vocab_size"])
-        report["settings"] = {
-            **asdict(shape),
-            "batch": stage.sequences_per_step,
-            "seq_len": stage.seq_len,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "stage": STAGE,
-            "lr": plan.lr_peak,
-        }
-        print("plain PyTorch loop ...", flush=True)
-        training = {
-            "plain": run_plain(shape, plan, stage, shards, plan_path, args.steps, args.warmup)
-        }
-        for n in args.nprocs:
-            print(f"torchtitan, {n} rank(s) ...", flush=True)
-            spec = stage_spec(rcp, shape, plan_path, shards, tok_dir, root / f"tt-{n}", args.steps)
-            training[f"torchtitan_n{n}"] = run_torchtitan(
-                spec, n, args.warmup, stage.tokens_per_step
-            )
-        report["training"] = training
+        report["settings"], report["training"] = bench_training(args, root, trained["vocab_size"])
     report["total_seconds"] = time.perf_counter() - started
     print_report(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

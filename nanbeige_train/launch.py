@@ -74,7 +74,7 @@ class LocalLauncher:
                 stderr=subprocess.STDOUT,
                 text=True,
                 env=env,
-                start_new_session=True,  # one process group: torchrun and its ranks
+                start_new_session=True,
             )
             assert proc.stdout is not None
             try:
@@ -84,10 +84,21 @@ class LocalLauncher:
                         on_line(line.rstrip("\n"))
                 code = proc.wait(timeout=self.timeout_s)
             except BaseException:  # interrupted (run cancelled, callback raised): no orphans
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _stop(proc)
                 raise
         if code != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
             raise TrainingError(f"{' '.join(cmd[3:])} exited with {code}; log {log}:\n{tail}")
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop torchrun and its ranks. The ranks run in sessions of their own, so they are
+    reached through torchrun: SIGTERM makes it terminate them; SIGKILL if it hangs."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

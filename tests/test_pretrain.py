@@ -1,0 +1,234 @@
+"""Pretraining on CPU with torchtitan: curriculum loader, stage hand-off, crash resume, two gloo
+ranks against one, and the Hugging Face export. Real text, a real tokenizer, real processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from nanbeige_data.corpus import build_domain
+from nanbeige_data.curriculum import plan_curriculum
+from nanbeige_data.recipe import load_recipe
+from nanbeige_data.tokenization import TokenizerSpec, train_tokenizer, write_token_shards
+from nanbeige_train.data import MixtureSchedule
+from nanbeige_train.launch import LocalLauncher, TrainingError
+from nanbeige_train.model import ModelShape
+from nanbeige_train.pretrain import StageSpec, checkpoints, read_metrics
+
+STAGE_TOKENS = [512, 2048, 1024, 1024]  # 2 + 8 + 4 + 2 steps of 4 x 64 (decay: 4 x 128)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small real corpus -> tokenizer -> shards -> plan, as the curriculum assets build them."""
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for domain in ("web", "code"):
+        build_domain(
+            domain,
+            source="embedded",
+            paths=[],
+            max_bytes=60_000,
+            target_doc_chars=2000,
+            min_doc_chars=200,
+            out_dir=corpus,
+            shard_docs=10_000,
+        )
+        for i, shard in enumerate(sorted(corpus.glob("part-*.parquet"))):
+            shard.rename(corpus / f"{domain}-{i}.parquet")
+    docs = pl.read_parquet(corpus / "*.parquet")
+    tiers = docs.select("id", "domain").with_columns(
+        tier=pl.when(pl.int_range(pl.len()) % 2 == 0)
+        .then(pl.lit("diverse"))
+        .otherwise(pl.lit("high"))
+    )
+    tiers.write_parquet(root / "tiers.parquet")
+    tok = root / "tokenizer"
+    train_tokenizer(docs["text"].to_list(), TokenizerSpec(vocab_size=1024), tok)
+    shards = root / "shards"
+    write_token_shards(str(corpus / "*.parquet"), root / "tiers.parquet", tok, shards, seed=1)
+
+    recipe = load_recipe("tiny")
+    mixtures = [
+        {"web/diverse": 0.5, "code/diverse": 0.5},
+        {"web/diverse": 0.4, "code/diverse": 0.3, "web/high": 0.3},
+        {"web/high": 0.5, "code/high": 0.5},
+        {"web/high": 0.3, "code/high": 0.7},
+    ]
+    stages = [
+        s.model_copy(update={"tokens": t, "seq_len": 64 * (1 + (s.lr == "decay")), "mixture": m})
+        for s, t, m in zip(recipe.curriculum.stages, STAGE_TOKENS, mixtures, strict=True)
+    ]
+    cur = recipe.curriculum.model_copy(update={"stages": stages})
+    pre = recipe.pretrain.model_copy(update={"batch_size": 4})
+    plan = plan_curriculum(cur, pre)
+    (root / "plan.json").write_text(json.dumps(plan.to_dict()))
+    vocab = json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"]
+    return root, plan, max(vocab.values()) + 1
+
+
+def spec_for(data, stage: str, work: Path, init: Path | None = None, every: int = 50):
+    root, _, vocab = data
+    shape = ModelShape(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=vocab)
+    return StageSpec(
+        plan_path=str(root / "plan.json"),
+        stage=stage,
+        shards_dir=str(root / "shards"),
+        tokenizer_dir=str(root / "tokenizer"),
+        model=shape.__dict__,
+        work_dir=str(work),
+        init_checkpoint=str(init) if init else None,
+        seed=3,
+        checkpoint_every=every,
+    )
+
+
+def losses(work: Path) -> list[float]:
+    return [row["loss"] for row in read_metrics(work)]
+
+
+# --- the curriculum schedule ---------------------------------------------------------------
+
+
+def test_mixture_schedule_is_exact_and_never_more_than_one_sequence_off():
+    targets = {"a": 7, "b": 2, "c": 11}
+    schedule = MixtureSchedule(targets)
+    total = sum(targets.values())
+    for j in range(total):
+        schedule.next()
+        for bucket, n, c in zip(schedule.buckets, schedule.targets, schedule.counts, strict=True):
+            assert abs(c - n * (j + 1) / total) < 1, (bucket, j)
+    assert dict(zip(schedule.buckets, schedule.counts, strict=True)) == targets
+    with pytest.raises(StopIteration):
+        schedule.next()
+
+
+def test_schedule_state_restores_the_exact_position():
+    targets = {"a": 5, "b": 3}
+    first = MixtureSchedule(targets)
+    order = [first.next() for _ in range(3)]
+    second = MixtureSchedule(targets)
+    second.restore(json.loads(json.dumps(first.state())))
+    assert order + [second.next() for _ in range(5)] == _replay(targets, 8)
+
+
+def _replay(targets, n):
+    schedule = MixtureSchedule(targets)
+    return [schedule.next() for _ in range(n)]
+
+
+# --- training stages -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_stage(data, tmp_path_factory):
+    """A first stage (no predecessor), one process, uninterrupted: the reference curve."""
+    work = tmp_path_factory.mktemp("first")
+    result = LocalLauncher(nproc_per_node=1).run_stage(spec_for(data, "stable_diverse", work))
+    return work, result
+
+
+def test_stage_trains_what_the_plan_says(data, first_stage):
+    _, plan, _ = data
+    work, result = first_stage
+    stage = next(s for s in plan.stages if s.name == "stable_diverse")
+    assert result["steps"] == stage.steps
+    assert result["tokens_seen"] == {b: t for b, t in stage.bucket_tokens.items() if t}
+    curve = losses(work)
+    assert len(curve) == stage.steps and all(np.isfinite(curve))
+    assert np.mean(curve[-3:]) < np.mean(curve[:3])  # it learns
+    assert result["initial_load"].endswith("seed/step-0")  # a first stage starts from its seed
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_same_curve_as_one(data, first_stage, tmp_path):
+    """torchrun --nproc_per_node 2 over gloo (FSDP) against one process, same seed and data."""
+    one, _ = first_stage
+    result = LocalLauncher(nproc_per_node=2).run_stage(spec_for(data, "stable_diverse", tmp_path))
+    assert result["world_size"] == 2
+    np.testing.assert_allclose(losses(tmp_path), losses(one), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_crash_mid_stage_resumes_from_that_stages_last_checkpoint(data, first_stage, tmp_path):
+    reference, _ = first_stage
+    spec = spec_for(data, "stable_diverse", tmp_path, every=3)
+
+    def crash(line: str) -> None:
+        if " step:  4 " in line:
+            raise KeyboardInterrupt  # the launcher stops torchrun and its ranks mid-stage
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalLauncher().run_stage(spec, on_line=crash)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-3"]
+    result = LocalLauncher().run_stage(spec)
+    assert result["resumed_from"] == "step-3" and result["start_step"] == 3
+    assert result["initial_load"] is None  # not the seed, not a previous stage
+    # steps 4.. continue exactly where the uninterrupted run went (data position, optimizer)
+    np.testing.assert_allclose(losses(tmp_path)[3:], losses(reference)[3:], rtol=1e-5)
+    # tokens counted over the whole stage, across the crash
+    assert result["tokens_seen"] == first_stage[1]["tokens_seen"]
+
+
+def test_next_stage_starts_from_the_previous_checkpoint(data, first_stage, tmp_path):
+    work, result = first_stage
+    nxt = LocalLauncher().run_stage(
+        spec_for(data, "stable_high_quality", tmp_path, init=Path(result["checkpoint"]))
+    )
+    assert nxt["initial_load"] == result["checkpoint"] and nxt["steps"] == 4
+    fresh = tmp_path / "fresh"  # the same stage from a new init, for comparison
+    LocalLauncher().run_stage(spec_for(data, "stable_high_quality", fresh))
+    assert losses(tmp_path)[0] < losses(fresh)[0] - 0.05  # it starts from trained weights
+
+
+def test_missing_previous_checkpoint_is_a_clear_error(data, tmp_path):
+    spec = spec_for(data, "stable_high_quality", tmp_path / "w", init=tmp_path / "nope")
+    with pytest.raises(TrainingError, match="exited with"):
+        LocalLauncher().run_stage(spec)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def test_export_loads_in_transformers_with_the_training_logits(data, first_stage, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nanbeige_train.export import compare_logits, export_hf, fixed_batch, load_training_model
+
+    root, _, vocab = data
+    _, result = first_stage
+    shape = ModelShape(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=vocab)
+    stats = export_hf(
+        Path(result["checkpoint"]),
+        shape,
+        rope_theta=10000.0,
+        max_seq_len=64,
+        tokenizer_dir=root / "tokenizer",
+        out_dir=tmp_path,
+    )
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    assert stats.parameters == sum(
+        p.numel()
+        for p in load_training_model(
+            Path(result["checkpoint"]), shape, rope_theta=10000.0, max_seq_len=64
+        ).parameters()
+    )
+    model = load_training_model(
+        Path(result["checkpoint"]), shape, rope_theta=10000.0, max_seq_len=64
+    )
+    assert compare_logits(model, tmp_path, fixed_batch(vocab, seq_len=64)) <= 1e-4
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    ids = tok("def main():", return_tensors="pt").input_ids
+    out = hf.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 5
+    assert torch.isfinite(hf(ids).logits).all()
