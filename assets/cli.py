@@ -104,6 +104,27 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The FG-WSD plan of a recipe without data or training: stages, steps, tokens, LR."""
+    from nanbeige_data import curriculum
+
+    recipe = load_recipe(args.recipe)
+    plan = curriculum.plan_curriculum(
+        recipe.curriculum,
+        recipe.pretrain,
+        high_quality_epochs=recipe.refinery.tiers.high_quality_epochs,
+    )
+    print(curriculum.plan_table_markdown(plan))
+    problems = curriculum.check_plan(plan, recipe.curriculum)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(plan.to_dict(), indent=2))
+    if args.plot:
+        curriculum.plot_plan(plan, Path(args.plot), compare=curriculum.vanilla_plan(plan))
+    return 1 if problems else 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
     for v in store.versions(args.asset):
@@ -144,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("action", choices=["check"])
     rec.add_argument("recipe", nargs="?")
     rec.set_defaults(fn=cmd_recipe)
+    pln = sub.add_parser("plan", help="print a recipe's FG-WSD plan (no data, no training)")
+    pln.add_argument("recipe", nargs="?", help="recipe name or YAML path (default tiny)")
+    pln.add_argument("--json", help="also write the plan as JSON here")
+    pln.add_argument("--plot", help="also write the LR / mixture plot (PNG) here")
+    pln.set_defaults(fn=cmd_plan)
     ver = sub.add_parser("versions", help="list an asset's versions")
     ver.add_argument("asset")
     ver.add_argument("--store")

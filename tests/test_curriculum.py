@@ -133,10 +133,11 @@ def test_decay_shapes_differ_in_the_middle_agree_at_the_ends(tiny):
     middle = decay.start_step + 3  # progress 3/13: sqrt < linear < cosine
     lr = {shape: lr_at(p, middle) for shape, p in plans.items()}
     assert lr["sqrt"] < lr["linear"] < lr["cosine"]
-    assert lr["linear"] == pytest.approx(1.5e-6 + (4.5e-4 - 1.5e-6) * (1 - 3 / 13), rel=1e-12)
+    lo, hi = tiny.curriculum.lr_min, tiny.curriculum.lr_peak
+    assert lr["linear"] == pytest.approx(lo + (hi - lo) * (1 - 3 / 13), rel=1e-12)
     for p in plans.values():
-        assert p.stages[-1].lr_start == lr_at(p, decay.start_step) == 4.5e-4
-        assert lr_at(p, p.total_steps) == pytest.approx(1.5e-6, rel=1e-12)
+        assert p.stages[-1].lr_start == lr_at(p, decay.start_step) == hi
+        assert lr_at(p, p.total_steps) == pytest.approx(lo, rel=1e-12)
         assert check_plan(p) == []
 
 
@@ -148,8 +149,8 @@ def test_consecutive_decay_stages_form_one_segment(tiny):
     )
     first, last = plan.stages[-2:]
     assert first.lr_end == pytest.approx(last.lr_start, rel=1e-12)
-    assert 1.5e-6 < first.lr_end < 4.5e-4  # halfway down, not at lr_min
-    assert lr_at(plan, plan.total_steps) == pytest.approx(1.5e-6, rel=1e-12)
+    assert tiny.curriculum.lr_min < first.lr_end < tiny.curriculum.lr_peak  # not at lr_min
+    assert lr_at(plan, plan.total_steps) == pytest.approx(tiny.curriculum.lr_min, rel=1e-12)
     assert check_plan(plan) == []
 
 
@@ -287,7 +288,7 @@ def test_table_and_plot(tmp_path, tiny, tiny_plan):
     table = plan_table_markdown(plan)
     for s in plan.stages:
         assert f"| {s.name} |" in table
-    assert "| decay_long_context | 53.25k | 13 | 512 | 40000 | 4.5e-4 -> 1.5e-6 |" in table
+    assert "| decay_long_context | 53.25k | 13 | 512 | 40000 | 3e-3 -> 1e-5 |" in table
     assert "| web/high | 300k | 57.34k |" in table
     out = tmp_path / "plan.png"
     image = plot_plan(plan, out, compare=vanilla_plan(plan))
@@ -304,3 +305,13 @@ def test_human_numbers():
         "512",
         "0",
     ]
+
+
+def test_cli_prints_the_paper_scale_plan_without_data(tmp_path, capsys):
+    from assets.cli import main
+
+    assert main(["plan", "nanbeige4-3b", "--json", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "stable_high_quality" in out and "23T tokens" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [s["steps"] for s in plan["stages"]] == [5960, 739098, 387430, 119209]

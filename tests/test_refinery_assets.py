@@ -1,11 +1,16 @@
-"""The refinery group materialized through Dagster on a small real corpus, every gate green."""
+"""The main job materialized through Dagster on a small real corpus, every gate green: corpus,
+refinery, curriculum and pretraining (tiny stages) down to the Hugging Face base model."""
 
 from __future__ import annotations
+
+import json
 
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
+from nanbeige_data.recipe import RECIPES_DIR
 from nanbeige_data.store import VersionedStore
 
 REFINERY = [
@@ -18,19 +23,34 @@ REFINERY = [
 ]
 
 
+def _small_stages() -> list[dict]:
+    """The tiny recipe's stages with budgets a 160 kB corpus holds (batch 4 x 64 tokens)."""
+    stages = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())["curriculum"]["stages"]
+    for stage, tokens in zip(stages, [512, 2048, 1024, 1024], strict=True):
+        stage.update(tokens=tokens, seq_len=128 if stage["lr"] == "decay" else 64)
+    return stages
+
+
 @pytest.mark.slow
-def test_refinery_materializes_with_lineage_and_gates(small_recipe, store_root):
-    small_recipe(max_bytes=40_000, sample=8)
+def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
+    small_recipe(
+        max_bytes=40_000,
+        sample=8,
+        curriculum__stages=_small_stages(),
+        curriculum__ablation_seeds=1,
+        pretrain__batch_size=4,
+        tokenizer__vocab_size=2048,
+        model__dim=32,
+        model__ffn_dim=64,
+    )
     from assets.definitions import defs
 
-    graph = defs.resolve_asset_graph()
-    keys = list(dg.AssetSelection.from_string("group:corpus or group:refinery").resolve(graph))
     result = defs.resolve_job_def("main").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, asset_selection=keys
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
     )
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert len(checks) >= 16 and all(c.passed for c in checks), [
+    assert len(checks) >= 32 and all(c.passed for c in checks), [
         (c.asset_key, c.check_name) for c in checks if not c.passed
     ]
 
@@ -54,3 +74,21 @@ def test_refinery_materializes_with_lineage_and_gates(small_recipe, store_root):
     tags = store.require("quality_tags")
     assert tags.manifest["counts"]["annotated"] == 8
     assert len(tags.manifest["extra"]["stats"]["agreement"]) == 20
+
+    # curriculum and pretraining: every stage resumed from the one before, tokens as planned
+    plan = json.loads((store.require("fgwsd_plan").local_path / "fgwsd.json").read_text())
+    previous = None
+    for stage in plan["stages"]:
+        version = store.require(f"pretrain_{stage['name']}")
+        report = version.manifest["extra"]["report"]
+        assert report["steps"] == stage["steps"]
+        assert sum(report["tokens_seen"].values()) == stage["tokens"]
+        if previous is not None:
+            assert version.manifest["inputs"][previous]["version_id"]
+        previous = f"pretrain_{stage['name']}"
+    base = store.require("base_model")
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in base.local_path.iterdir()
+    }
+    ablation = store.require("pretrain_ablation").manifest["extra"]["summary"]
+    assert "heldout/reasoning" in ablation["buckets"]
