@@ -4,10 +4,10 @@ previous stage) -> base_model (Hugging Face export), and the FG-WSD vs vanilla-W
 Stages come from the recipe the Definitions are built from; training is launched through the
 ``launcher`` resource (local torchrun here; a cluster launcher elsewhere)."""
 
+import functools
 import hashlib
 import json
 import os
-import shutil
 
 import dagster as dg
 
@@ -325,43 +325,36 @@ def pretrain_ablation(
             r for s in STAGES for r in runner.read_metrics(stages[f"pretrain_{s}"].local_path)
         ]
     }
+    runs = {
+        f"vanilla_wsd/seed{i}": (fgwsd_plan.local_path / VANILLA_FILE, rcp.seed + i)
+        for i in range(rcp.curriculum.ablation_seeds)
+    }
+    runs.update(
+        {
+            f"fgwsd/seed{i}": (fgwsd_plan.local_path / PLAN_FILE, rcp.seed + i)
+            for i in range(1, rcp.curriculum.ablation_seeds)
+        }
+    )
+    make_spec = functools.partial(
+        runner.stage_spec,
+        shards_dir=token_shards.local_path,
+        tokenizer_dir=tokenizer.local_path,
+        shape=shape,
+        pretrain=rcp.pretrain,
+    )
     with staged(vstore, context) as out:
-        for i in range(rcp.curriculum.ablation_seeds):
-            arms = [("vanilla_wsd", VANILLA_FILE)] + ([("fgwsd", PLAN_FILE)] if i else [])
-            for arm, plan_file in arms:
-                name = f"{arm}/seed{i}"
-                context.log.info(f"ablation: training {name}")
-
-                def spec(stage, previous, arm=arm, plan_file=plan_file, i=i):
-                    return runner.stage_spec(
-                        plan_path=fgwsd_plan.local_path / plan_file,
-                        stage=stage,
-                        shards_dir=token_shards.local_path,
-                        tokenizer_dir=tokenizer.local_path,
-                        shape=shape,
-                        work_dir=work / f"{arm}-seed{i}" / stage,
-                        init_checkpoint=previous,
-                        pretrain=rcp.pretrain,
-                        seed=rcp.seed + i,
-                    )
-
-                run_dir = work / f"{arm}-seed{i}" / "out"  # outlives a crash: resumable
-                try:
-                    runner.train_plan(
-                        fgwsd_plan.local_path / plan_file,
-                        spec,
-                        run_dir,
-                        launcher.launcher(rcp),
-                        _progress(context, every=50),
-                    )
-                except TrainingError as exc:
-                    raise dg.Failure(
-                        description=f"ablation {name}: {str(exc).splitlines()[0]}",
-                        metadata={"log_tail": dg.MetadataValue.text(str(exc)[-4000:])},
-                    ) from exc
-                shutil.copytree(run_dir, out.path / arm / f"seed{i}")
-                checkpoints[name] = out.path / arm / f"seed{i}" / STAGES[-1] / "checkpoint"
-                curves[name] = [r for s in STAGES for r in runner.read_metrics(run_dir / s)]
+        context.log.info(f"ablation: training {', '.join(runs)}")
+        try:
+            trained = runner.train_runs(
+                runs, make_spec, work, out.path, launcher.launcher(rcp), _progress(context, 50)
+            )
+        except TrainingError as exc:
+            raise dg.Failure(
+                description=f"pretrain_ablation: {str(exc).splitlines()[0]}",
+                metadata={"log_tail": dg.MetadataValue.text(str(exc)[-4000:])},
+            ) from exc
+        checkpoints.update(trained)
+        curves.update({name: runner.run_curve(out.path / name, STAGES) for name in trained})
         losses = runner.compare_heldout(
             checkpoints,
             token_shards.local_path,

@@ -298,7 +298,7 @@ def loss_ok(rows: list[dict[str, Any]], window: int = 5) -> tuple[bool, dict[str
     losses = [r["loss"] for r in rows]
     if not losses:
         return False, {}
-    k = max(1, min(window, len(losses) // 3 or 1))
+    k = max(1, min(window, len(losses) // 4))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     finite = all(math.isfinite(x) for x in losses)
     return finite and last < first, {"first_loss": first, "last_loss": last, "finite": finite}

@@ -145,6 +145,43 @@ def train_plan(
     return reports
 
 
+def train_runs(
+    runs: Mapping[str, tuple[Path, int]],
+    make_spec: Callable[..., StageSpec],
+    work: Path,
+    out_dir: Path,
+    launcher: LocalLauncher,
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Train named runs (``"arm/seedN": (plan path, seed)``) through all their stages.
+
+    Each run trains in ``work`` (so an interrupted attempt resumes) and is copied to
+    ``out_dir/<name>``; ``make_spec(plan_path=, stage=, work_dir=, init_checkpoint=, seed=)``
+    builds each stage's spec. Returns each run's final checkpoint under ``out_dir``."""
+    finals = {}
+    for name, (plan_path, seed) in runs.items():
+        run_work = Path(work) / name.replace("/", "-")
+
+        def spec(stage: str, previous: Path | None, plan_path=plan_path, seed=seed, w=run_work):
+            return make_spec(
+                plan_path=plan_path,
+                stage=stage,
+                work_dir=w / stage,
+                init_checkpoint=previous,
+                seed=seed,
+            )
+
+        reports = train_plan(plan_path, spec, run_work / "out", launcher, on_line)
+        shutil.copytree(run_work / "out", Path(out_dir) / name)
+        finals[name] = Path(out_dir) / name / reports[-1].stage / "checkpoint"
+    return finals
+
+
+def run_curve(run_dir: Path, stages: list[str]) -> list[dict[str, Any]]:
+    """A run's loss rows over all its stages, in order."""
+    return [row for stage in stages for row in read_metrics(Path(run_dir) / stage)]
+
+
 # --- checks ------------------------------------------------------------------------------
 
 

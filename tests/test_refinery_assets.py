@@ -24,9 +24,9 @@ REFINERY = [
 
 
 def _small_stages() -> list[dict]:
-    """The tiny recipe's stages with budgets a 160 kB corpus holds (batch 4 x 64 tokens)."""
+    """The tiny recipe's stages with budgets a 240 kB corpus holds (batch 4 x 64 tokens)."""
     stages = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())["curriculum"]["stages"]
-    for stage, tokens in zip(stages, [512, 2048, 1024, 1024], strict=True):
+    for stage, tokens in zip(stages, [2048, 4096, 2048, 2048], strict=True):
         stage.update(tokens=tokens, seq_len=128 if stage["lr"] == "decay" else 64)
     return stages
 
@@ -34,7 +34,7 @@ def _small_stages() -> list[dict]:
 @pytest.mark.slow
 def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
     small_recipe(
-        max_bytes=40_000,
+        max_bytes=60_000,
         sample=8,
         curriculum__stages=_small_stages(),
         curriculum__ablation_seeds=1,
