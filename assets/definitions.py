@@ -2,12 +2,25 @@
 
 import dagster as dg
 
-from assets import curriculum, pretrain, refinery
+from assets import curriculum, evaluation, pretrain, refinery
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
 from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
 
-ALL_ASSETS = [*RAW_ASSETS, corpus_summary, *refinery.ASSETS, *curriculum.ASSETS, *pretrain.ASSETS]
-ALL_CHECKS = [*RAW_CHECKS, *refinery.CHECKS, *curriculum.CHECKS, *pretrain.CHECKS]
+ALL_ASSETS = [
+    *RAW_ASSETS,
+    corpus_summary,
+    *refinery.ASSETS,
+    *curriculum.ASSETS,
+    *pretrain.ASSETS,
+    *evaluation.ASSETS,
+]
+ALL_CHECKS = [
+    *RAW_CHECKS,
+    *refinery.CHECKS,
+    *curriculum.CHECKS,
+    *pretrain.CHECKS,
+    *evaluation.CHECKS,
+]
 
 main_job = dg.define_asset_job(
     "main",
@@ -21,6 +34,12 @@ corpus_job = dg.define_asset_job(
 refinery_job = dg.define_asset_job(
     "refinery",
     selection=dg.AssetSelection.groups("corpus", "refinery"),
+    executor_def=dg.in_process_executor,
+)
+eval_job = dg.define_asset_job(
+    "eval",
+    selection=dg.AssetSelection.groups("eval"),
+    description="Eval sets and the eval reports (base_model must exist).",
     executor_def=dg.in_process_executor,
 )
 pretrain_job = dg.define_asset_job(
@@ -43,6 +62,6 @@ def build_resources(store_root: str = "", recipe: str = "") -> dict:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[main_job, corpus_job, refinery_job, pretrain_job],
+    jobs=[main_job, corpus_job, refinery_job, pretrain_job, eval_job],
     resources=build_resources(),
 )

@@ -1,0 +1,83 @@
+"""Eval sets from the packages, and the avg@k / pass@k harness over real verifiers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from nanbeige_data.evalsets import EvalSetError, load_items
+from nanbeige_train.evaluate import EvalConfig, evaluate
+from nanbeige_train.generate import Sample, SamplingParams
+
+
+def test_builtin_sets_carry_items_license_and_verifier():
+    expected = {"humaneval": 164, "champ": 270, "aime": 15}
+    for name, available in expected.items():
+        items, info = load_items(name, max_items=4)
+        assert len(items) == 4 and info.available >= available * 0.9
+        assert info.license not in ("", "unknown")
+        assert all({"id", "prompt", "reference", "verifier"} <= set(i) for i in items)
+    code, _ = load_items("humaneval", max_items=1)
+    assert {"test", "entry_point", "code_prompt"} <= set(code[0])
+    gym, info = load_items("arithmetic", generated_size=10)
+    assert info.items == 10 and gym == load_items("arithmetic", generated_size=10)[0]
+
+
+def test_a_users_jsonl_set_and_its_errors(tmp_path):
+    good = tmp_path / "mine.jsonl"
+    good.write_text(
+        '{"id": "a", "prompt": "2+2?", "reference": "4"}\n\n{"prompt": "x", "reference": "y"}\n'
+    )
+    items, info = load_items("mine", path=str(good), verifier="math")
+    assert [i["id"] for i in items] == ["a", "3"] and info.verifier == "math"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "reference": "r"}\n{"prompt": oops}\n')
+    with pytest.raises(EvalSetError, match=r"bad.jsonl:2: invalid JSON"):
+        load_items("bad", path=str(bad))
+    with pytest.raises(EvalSetError, match=r"no such eval set file"):
+        load_items("gone", path=str(tmp_path / "gone.jsonl"))
+    with pytest.raises(EvalSetError, match="unknown eval set 'nope'"):
+        load_items("nope")
+
+
+@dataclass
+class ScriptedEngine:
+    """A generation engine that answers from a script: the harness is under test, not a model."""
+
+    answers: dict[str, list[str]]
+
+    def generate(self, prompts, params: SamplingParams):
+        return [
+            [Sample(text, [1] * len(text), [-0.1] * len(text), "eos") for text in self.answers[p]]
+            for p in prompts
+        ]
+
+    def score(self, prompts, continuations):
+        raise NotImplementedError
+
+
+def test_avg_and_pass_at_k_over_real_verifiers():
+    math_items, _ = load_items("arithmetic", generated_size=2)
+    code_items, _ = load_items("humaneval", max_items=1)
+    right = f"so the answer is \\boxed{{{math_items[0]['reference']}}}"
+    script = {
+        math_items[0]["prompt"]: [right, "\\boxed{-999}", right],  # 2 of 3
+        math_items[1]["prompt"]: ["no idea"] * 3,  # 0 of 3
+        code_items[0]["prompt"]: [
+            code_items[0]["reference"],  # the canonical solution passes its tests
+            "    while True:\n        pass\n",  # hangs: killed, scored wrong
+            "    return None\n",
+        ],
+    }
+    config = EvalConfig(k={"default": 3}, code_timeout_s=2.0)
+    rows, summary = evaluate(
+        ScriptedEngine(script), {"arithmetic": math_items, "humaneval": code_items}, config
+    )
+    assert summary["arithmetic"]["avg"] == pytest.approx((2 / 3 + 0) / 2)
+    assert summary["arithmetic"]["pass"] == pytest.approx(0.5)
+    assert summary["humaneval"]["avg"] == pytest.approx(1 / 3)
+    assert summary["humaneval"]["pass"] == 1.0
+    reasons = [r["reason"] for r in rows if r["set"] == "humaneval"]
+    assert reasons[0] == "match" and reasons[1] == "timeout"
+    assert len(rows) == 9 and all(r["reason"] for r in rows)
