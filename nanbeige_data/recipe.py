@@ -325,6 +325,7 @@ class EvalConfig(Section):
     code_memory_mb: PositiveInt = 512
     backend: Literal["torch", "vllm"] = "torch"
     batch_size: PositiveInt = 8
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # generation dtype (bf16: ~3x on CPU)
 
     @field_validator("sets")
     @classmethod

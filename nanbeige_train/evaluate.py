@@ -34,7 +34,7 @@ CODE_VERSION = "1"
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_CODE = (
     "Complete the following Python function. Answer with the whole function in one "
-    "```python block.\n\n{prompt}"
+    "```python block.\n\n```python\n{prompt}```"
 )
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
 
@@ -67,10 +67,12 @@ def _answer(item: Mapping[str, Any], text: str) -> tuple[str, dict]:
     """The text the verifier sees, and the item it is verified against."""
     if item["verifier"] != "code":
         return text, item
-    block = _FENCE.search(text)
-    code = block.group(1) if block else text
-    if f"def {item['entry_point']}" in code:  # a whole function: do not prepend the header
-        return code, {**item, "prompt": ""}
+    blocks = _FENCE.findall(text)
+    code = next((b for b in blocks if f"def {item['entry_point']}" in b), None)
+    code = code if code is not None else (blocks[0] if blocks else text)
+    target = f"def {item['entry_point']}"
+    if target in code:  # a whole function: keep the prompt's imports and helpers, not its header
+        return code, {**item, "prompt": item["code_prompt"].split(target)[0]}
     return code, {**item, "prompt": item["code_prompt"]}
 
 

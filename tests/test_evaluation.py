@@ -81,3 +81,15 @@ def test_avg_and_pass_at_k_over_real_verifiers():
     reasons = [r["reason"] for r in rows if r["set"] == "humaneval"]
     assert reasons[0] == "match" and reasons[1] == "timeout"
     assert len(rows) == 9 and all(r["reason"] for r in rows)
+
+
+def test_a_chat_answer_with_the_whole_function_keeps_the_prompts_imports():
+    items, _ = load_items("humaneval", max_items=1)  # from typing import List; def has_close...
+    whole = "```python\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+    whole += items[0]["reference"] + "```\nThis works because..."
+    _, summary = evaluate(
+        ScriptedEngine({items[0]["prompt"]: [whole]}),
+        {"humaneval": items},
+        EvalConfig(k={"default": 1}, chat=False),
+    )
+    assert summary["humaneval"]["avg"] == 1.0
