@@ -1,5 +1,6 @@
 """The main job materialized through Dagster on a small real corpus, every gate green: corpus,
-refinery, curriculum and pretraining (tiny stages) down to the Hugging Face base model."""
+refinery, curriculum, pretraining (tiny stages) to the Hugging Face base model, and the eval
+reports of the base model and the reference model."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
         tokenizer__vocab_size=2048,
         model__dim=32,
         model__ffn_dim=64,
+        eval__sets=[{"name": "arithmetic"}, {"name": "humaneval"}],
+        eval__max_items=6,
+        eval__k={"default": 2},
+        eval__max_new_tokens=64,
     )
     from assets.definitions import defs
 
@@ -50,7 +55,7 @@ def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
     )
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert len(checks) >= 32 and all(c.passed for c in checks), [
+    assert len(checks) >= 35 and all(c.passed for c in checks), [
         (c.asset_key, c.check_name) for c in checks if not c.passed
     ]
 
@@ -92,3 +97,11 @@ def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
     }
     ablation = store.require("pretrain_ablation").manifest["extra"]["summary"]
     assert "heldout/reasoning" in ablation["buckets"]
+
+    # evaluation: both reports, per-sample rows, the reference model scores on arithmetic
+    for model in ("eval_base_model", "eval_reference_model"):
+        report = store.require(model)
+        assert set(report.manifest["extra"]["summary"]) == {"arithmetic", "humaneval"}
+        assert report.manifest["counts"]["samples"] == 2 * 6 * 2
+    reference = store.require("eval_reference_model").manifest["extra"]["summary"]
+    assert reference["arithmetic"]["avg"] > 0
