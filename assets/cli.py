@@ -4,6 +4,8 @@ nanbeige run [--recipe tiny] [--select "group:corpus"]   materialize (the main j
 nanbeige recipe check [tiny|path.yaml]                   validate a recipe, print its sections
 nanbeige versions <asset>                                list an asset's versions
 nanbeige manifest <asset> [--version ID]                 print a version's manifest
+nanbeige lineage <asset> [--version ID] [--json]         the versions it was made from
+nanbeige plan [tiny|nanbeige4-3b|path.yaml]              a recipe's FG-WSD plan, no data
 """
 
 from __future__ import annotations
@@ -125,6 +127,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """The versions, code versions and recipe sections behind an asset version."""
+    from nanbeige_data.lineage import lineage, render
+
+    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
+    tree = lineage(store, args.asset, args.version)
+    print(json.dumps(tree.as_dict(), indent=2) if args.json else render(tree))
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
     for v in store.versions(args.asset):
@@ -170,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     pln.add_argument("--json", help="also write the plan as JSON here")
     pln.add_argument("--plot", help="also write the LR / mixture plot (PNG) here")
     pln.set_defaults(fn=cmd_plan)
+    lin = sub.add_parser("lineage", help="the versions an asset version was made from")
+    lin.add_argument("asset")
+    lin.add_argument("--version")
+    lin.add_argument("--store")
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(fn=cmd_lineage)
     ver = sub.add_parser("versions", help="list an asset's versions")
     ver.add_argument("asset")
     ver.add_argument("--store")

@@ -94,3 +94,25 @@ def test_fsspec_memory_store_roundtrip(tmp_path):
     local = store.localize(v, cache_dir=tmp_path)
     assert (local.local_path / "part-0.txt").read_text() == "remote bytes"
     assert local.data_version == v.data_version and local.local_path.is_relative_to(tmp_path)
+
+
+def test_lineage_walks_back_to_the_exact_input_versions(tmp_path):
+    from nanbeige_data.lineage import ancestors, lineage, render
+
+    store = VersionedStore(tmp_path)
+    old_raw = _write(store, "raw_web", "a")
+    raw = _write(store, "raw_web", "b")  # a newer raw version: lineage must not pick it up
+    tiers = _write(store, "quality_tiers", "t", inputs={"raw_web": old_raw})
+    ckpt = _write(
+        store, "pretrain_warmup", "w", inputs={"quality_tiers": tiers, "raw_web": old_raw}
+    )
+    tree = lineage(store, "pretrain_warmup")
+    assert ancestors(tree) == {"quality_tiers", "raw_web"}
+    by_key = {n.key: n for n in tree.inputs}
+    assert by_key["raw_web"].version_id == old_raw.version_id != raw.version_id
+    assert by_key["quality_tiers"].inputs[0].version_id == old_raw.version_id
+    assert sum(n.seen for n in [by_key["raw_web"], by_key["quality_tiers"].inputs[0]]) == 1
+    text = render(tree)
+    assert text.splitlines()[0].startswith(f"pretrain_warmup  {ckpt.version_id}")
+    store.prune("quality_tiers", keep=0)
+    assert lineage(store, "pretrain_warmup").inputs[0].missing
