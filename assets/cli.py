@@ -5,6 +5,8 @@ nanbeige recipe check [tiny|path.yaml]                   validate a recipe, prin
 nanbeige versions <asset>                                list an asset's versions
 nanbeige manifest <asset> [--version ID]                 print a version's manifest
 nanbeige lineage <asset> [--version ID] [--json]         the versions it was made from
+nanbeige stale [--recipe R] [--all]                      what is stale or missing, and why
+nanbeige run --stale                                     re-materialize only those
 nanbeige plan [tiny|nanbeige4-3b|path.yaml]              a recipe's FG-WSD plan, no data
 """
 
@@ -49,6 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.select:
         graph = defs.resolve_asset_graph()
         keys = list(dg.AssetSelection.from_string(args.select).resolve(graph))
+    if args.stale:
+        from assets.staleness import stale_assets
+
+        stale = stale_assets(defs, VersionedStore(store_root))
+        keys = [k for k in stale if keys is None or k in keys]
+        if not keys:
+            print("nothing is stale")
+            return 0
+        print(f"re-materializing {len(keys)} stale asset(s): {', '.join(k.path[-1] for k in keys)}")
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
@@ -127,6 +138,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_stale(args: argparse.Namespace) -> int:
+    """Which assets are stale or missing, and why (code, data, upstream)."""
+    _use_recipe(args.recipe)
+    load_recipe()
+    from assets.definitions import defs
+    from assets.resources import default_store_root
+    from assets.staleness import render, staleness
+
+    store = VersionedStore(args.store or default_store_root())
+    print(render(staleness(defs, store), show_fresh=args.all))
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """The versions, code versions and recipe sections behind an asset version."""
     from nanbeige_data.lineage import lineage, render
@@ -172,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--store", help="store root, path or fsspec URL (default data/store)")
     run.add_argument("--select", help='asset selection, e.g. "group:corpus" or "raw_web+"')
     run.add_argument("--log-level", default="INFO", help="console log level (DEBUG for steps)")
+    run.add_argument("--stale", action="store_true", help="only stale or missing assets")
     run.set_defaults(fn=cmd_run)
     rec = sub.add_parser("recipe", help="validate a recipe")
     rec.add_argument("action", choices=["check"])
@@ -182,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     pln.add_argument("--json", help="also write the plan as JSON here")
     pln.add_argument("--plot", help="also write the LR / mixture plot (PNG) here")
     pln.set_defaults(fn=cmd_plan)
+    stl = sub.add_parser("stale", help="which assets are stale and why")
+    stl.add_argument("--recipe")
+    stl.add_argument("--store")
+    stl.add_argument("--all", action="store_true", help="also list fresh assets")
+    stl.set_defaults(fn=cmd_stale)
     lin = sub.add_parser("lineage", help="the versions an asset version was made from")
     lin.add_argument("asset")
     lin.add_argument("--version")

@@ -20,7 +20,7 @@ def raw_domain_asset(domain: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"raw_{domain}",
         group_name="corpus",
-        code_version=code_version(corpus.CODE_VERSION, "corpus"),
+        code_version=code_version(corpus.CODE_VERSION, f"corpus.{domain}"),
         description=f"{domain} documents (id, text, domain, source, meta) as Parquet shards: "
         "the embedded real sample or the user's files named in the recipe.",
         metadata={"provenance": dg.MetadataValue.md(_provenance(domain))},
@@ -55,7 +55,7 @@ def raw_domain_asset(domain: str) -> dg.AssetsDefinition:
                 vstore,
                 staging,
                 recipe=rcp,
-                section="corpus",
+                section=f"corpus.{domain}",
                 counts={"documents": stats.documents, "bytes": stats.bytes, "shards": stats.shards},
                 metadata={
                     "source": cfg.source,
