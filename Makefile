@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install ui lint clean-store
+.PHONY: run test install ui lint clean-store stale rerun
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Python 3.11 is required)"; exit 1; }
@@ -20,6 +20,12 @@ install: $(STAMP)
 
 run: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige run
+
+stale: $(STAMP)
+	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige stale
+
+rerun: $(STAMP)
+	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige run --stale
 
 test: $(STAMP)
 	$(BIN)/ruff check .
