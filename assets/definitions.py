@@ -1,5 +1,7 @@
 """The Definitions: every asset, check, resource and job of the pipeline, in one place."""
 
+import os
+
 import dagster as dg
 
 from assets import curriculum, evaluation, pretrain, refinery
@@ -59,8 +61,25 @@ def build_resources(store_root: str = "", recipe: str = "") -> dict:
     }
 
 
+AUTOMATION_ENV = "NANBEIGE_AUTOMATION"  # "eager": re-materialize when upstream or code changes
+
+
+def with_automation(assets: list, mode: str) -> list:
+    """Opt-in declarative automation: every asset gets Dagster's eager condition (materialize
+    when a parent updates or its code version changes); the default automation sensor runs it
+    once `dagster dev` (or the daemon) is up and the sensor is switched on."""
+    if mode != "eager":
+        return assets
+    condition = dg.AutomationCondition.eager() | dg.AutomationCondition.code_version_changed()
+    return list(
+        dg.map_asset_specs(
+            lambda spec: spec.replace_attributes(automation_condition=condition), assets
+        )
+    )
+
+
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
+    assets=with_automation(ALL_ASSETS, os.environ.get(AUTOMATION_ENV, "")),
     asset_checks=ALL_CHECKS,
     jobs=[main_job, corpus_job, refinery_job, pretrain_job, eval_job],
     resources=build_resources(),

@@ -68,3 +68,23 @@ def test_instance_config_is_valid(tmp_path, monkeypatch):
     with dg.DagsterInstance.get() as instance:
         assert not instance.telemetry_enabled
         assert type(instance.run_storage).__name__.startswith("Sqlite")
+
+
+def test_declarative_automation_is_an_opt_in():
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "from assets.definitions import defs\n"
+        "g = defs.resolve_asset_graph()\n"
+        "print(sum(g.get(k).automation_condition is not None for k in g.get_all_asset_keys()),"
+        " len(list(g.get_all_asset_keys())))"
+    )
+    for mode, expect_all in (("eager", True), ("", False)):
+        env = {**os.environ, "NANBEIGE_AUTOMATION": mode}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300
+        )
+        with_condition, total = map(int, out.stdout.split()[-2:])
+        assert total > 20 and with_condition == (total if expect_all else 0)
