@@ -109,7 +109,10 @@ def _train_stage(
     )
     with staged(vstore, context) as out:
         try:
-            report = runner.train_stage(spec, out.path, launcher.launcher(rcp), _progress(context))
+            first = previous.manifest["extra"]["report"]["run_first_loss"] if previous else None
+            report = runner.train_stage(
+                spec, out.path, launcher.launcher(rcp), _progress(context), first
+            )
         except (TrainingError, KeyError) as exc:
             raise dg.Failure(
                 description=f"{key}: {str(exc).splitlines()[0]}",
@@ -173,7 +176,10 @@ def _plan_stage(spec) -> dict:
 
 
 def _loss_falls(version: Version, rcp: Recipe) -> tuple[bool, dict]:
-    ok, detail = runner.loss_ok(runner.read_metrics(version.local_path))
+    report = version.manifest["extra"]["report"]
+    first_stage = not any(k.startswith("pretrain_") for k in version.manifest["inputs"])
+    reference = None if first_stage else report["run_first_loss"]
+    ok, detail = runner.loss_ok(runner.read_metrics(version.local_path), reference=reference)
     return ok, {k: float(v) for k, v in detail.items()}
 
 
@@ -203,7 +209,8 @@ def stage_checks(stage: str) -> list[dg.AssetChecksDefinition]:
             asset,
             name="loss_finite_and_falling",
             evaluate=_loss_falls,
-            description="Every loss is finite; the last steps' mean is below the first steps'.",
+            description="Every loss is finite; the last steps' mean is below the first steps' "
+            "(the run's first steps for a later stage, whose loss has plateaued).",
         ),
         version_check(
             asset,

@@ -293,13 +293,20 @@ def _steady_tokens_per_second(rows: list[dict[str, Any]]) -> float | None:
     return (rows[-1]["tokens"] - rows[0]["tokens"]) / span if span > 0 else None
 
 
-def loss_ok(rows: list[dict[str, Any]], window: int = 5) -> tuple[bool, dict[str, float]]:
-    """Finite losses, and the last ``window`` steps' mean below the first ``window``'s."""
+def loss_ok(
+    rows: list[dict[str, Any]], window: int = 5, reference: float | None = None
+) -> tuple[bool, dict[str, float]]:
+    """Finite losses, and the last ``window`` steps' mean below the first steps' loss.
+
+    ``reference`` is the first-steps loss of the whole run (a later stage, whose loss has
+    plateaued, is judged against where training started, not against its own noisy start);
+    without it, the stage's own first ``window`` steps."""
     losses = [r["loss"] for r in rows]
     if not losses:
         return False, {}
     k = max(1, min(window, len(losses) // 4))
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    first = sum(losses[:k]) / k if reference is None else reference
+    last = sum(losses[-k:]) / k
     finite = all(math.isfinite(x) for x in losses)
     return finite and last < first, {"first_loss": first, "last_loss": last, "finite": finite}
 

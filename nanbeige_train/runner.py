@@ -45,6 +45,7 @@ class StageReport:
     resumed_from: str | None
     checkpoint_bytes: int
     world_size: int
+    run_first_loss: float = math.nan  # first-steps loss of the whole run (the first stage's)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +92,10 @@ def train_stage(
     out_dir: Path,
     launcher: LocalLauncher,
     on_line: Callable[[str], None] | None = None,
+    run_first_loss: float | None = None,
 ) -> StageReport:
-    """Train (or resume) one stage in ``spec.work_dir`` and copy its outputs to ``out_dir``."""
+    """Train (or resume) one stage in ``spec.work_dir`` and copy its outputs to ``out_dir``;
+    ``run_first_loss`` is the previous stage's (None for a first stage)."""
     result = launcher.run_stage(spec, on_line=on_line)
     work = Path(spec.work_dir)
     out_dir = Path(out_dir)
@@ -101,6 +104,7 @@ def train_stage(
         shutil.copy2(work / name, out_dir / name)
     rows = read_metrics(out_dir)
     _, losses = loss_ok(rows)
+    first = losses.get("first_loss", math.nan)
     report = StageReport(
         stage=spec.stage,
         steps=result["steps"],
@@ -113,6 +117,7 @@ def train_stage(
         resumed_from=result["resumed_from"],
         checkpoint_bytes=sum(f.stat().st_size for f in (out_dir / "checkpoint").rglob("*")),
         world_size=result["world_size"],
+        run_first_loss=first if run_first_loss is None else run_first_loss,
     )
     (out_dir / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
     return report
@@ -137,7 +142,10 @@ def train_plan(
         else:
             shutil.rmtree(stage_dir, ignore_errors=True)
             stage_dir.mkdir(parents=True)
-            report = train_stage(specs(entry["name"], previous), stage_dir, launcher, on_line)
+            first = reports[0].run_first_loss if reports else None
+            report = train_stage(
+                specs(entry["name"], previous), stage_dir, launcher, on_line, first
+            )
         if previous is not None:
             shutil.rmtree(previous)
         previous = stage_dir / "checkpoint"

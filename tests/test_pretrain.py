@@ -232,3 +232,12 @@ def test_export_loads_in_transformers_with_the_training_logits(data, first_stage
     out = hf.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 5
     assert torch.isfinite(hf(ids).logits).all()
+
+
+def test_loss_check_judges_later_stages_against_where_training_started():
+    from nanbeige_train.pretrain import loss_ok
+
+    plateau = [{"loss": x} for x in (7.0, 6.9, 7.0, 6.95, 7.1, 7.05, 7.1, 7.1)]
+    assert not loss_ok(plateau)[0]  # noisy plateau: its own start is not a fair reference
+    assert loss_ok(plateau, reference=9.5)[0]  # but well below where the run began
+    assert not loss_ok([{"loss": 9.6}, {"loss": float("nan")}], reference=9.5)[0]
