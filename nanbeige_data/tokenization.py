@@ -59,18 +59,10 @@ import numpy as np
 import polars as pl
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from nanbeige_data.recipe import TokenizerConfig
+
 CODE_VERSION = "1"  # bump when the bytes written for the same input change
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<tool_response>",
-    "</tool_response>",
-)
+SPECIAL_TOKENS: tuple[str, ...] = tuple(TokenizerConfig().special_tokens)  # the recipe's
 TIERS = ("rejected", "diverse", "high")
 SPLITS = ("train", "val")
 TIER_COLUMNS = ("id", "domain", "tier")
