@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from nanbeige_data.corpus import CorpusError
+from nanbeige_data.lineage import lineage, markdown
 from nanbeige_data.recipe import RECIPE_ENV, Recipe, RecipeError, load_recipe
 from nanbeige_data.store import Staging, StoreError, Version, VersionedStore
 
@@ -76,6 +77,8 @@ def commit(
         "recipe": recipe.name,
         "recipe_hash": recipe.section_hash(*sections),
         "inputs": dg.MetadataValue.json(version.manifest["inputs"]),
+        # every version behind this one, each asset name a link to its page in the UI
+        "lineage": dg.MetadataValue.md(markdown(lineage(store, version.key, version.version_id))),
         **{k: int(v) for k, v in counts.items()},
         **(metadata or {}),
     }

@@ -79,6 +79,19 @@ def render(node: Node, indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def markdown(node: Node, ui_base: str = "/assets", depth: int = 0) -> str:
+    """The tree as a nested Markdown list whose asset names link to their pages in the
+    Dagster UI (``ui_base``/<key>); what the `lineage` metadata of every asset shows."""
+    mark = " *(see above)*" if node.seen else " *(pruned)*" if node.missing else ""
+    line = f"{'  ' * depth}- [{node.key}]({ui_base}/{node.key}) `{node.version_id}`{mark}"
+    if depth and not node.seen and not node.missing:
+        line += f" code `{node.code_version}` recipe `{node.recipe}`"
+    lines = [line]
+    for child in node.inputs:
+        lines.append(markdown(child, ui_base, depth + 1))
+    return "\n".join(lines)
+
+
 def ancestors(node: Node) -> set[str]:
     """Every asset key the version depends on (transitively)."""
     out: set[str] = set()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from typing import Any
 import fsspec
 
 MANIFEST = "manifest.json"
+STORE_HINT = "NANBEIGE_STORE (or --store)"
 STAGING_PREFIX = ".staging-"
 
 
@@ -72,6 +74,39 @@ class Staging:
     path: Path
     remote_target: str | None = None
     scratch: Path | None = None  # a temporary work directory, deleted with the staging dir
+
+
+# errno -> what to tell the operator when a write into the store fails with it
+_STORAGE_FAULTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "a file exceeds the size limit",
+}
+
+
+def storage_fault(exc: BaseException, *paths: str | os.PathLike) -> str | None:
+    """What went wrong, if ``exc`` is a storage fault (disk full, read-only, no permission)
+    on a file under one of ``paths``; None for any other error (bad input stays bad input).
+
+    Native writers (Arrow, Parquet) raise OSError without an errno but with the C library's
+    text, so the text is matched as well."""
+    if not isinstance(exc, OSError):
+        return None
+    text = str(exc)
+    code = exc.errno if exc.errno in _STORAGE_FAULTS else None
+    if code is None:
+        code = next((c for c in _STORAGE_FAULTS if os.strerror(c) in text), None)
+    if code is None:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return _STORAGE_FAULTS[code]  # space runs out wherever the writer writes
+    where = " ".join(str(x) for x in (exc.filename, exc.filename2, text) if x)
+    if not any(str(p) in where for p in paths):
+        return None  # e.g. an unreadable input file: not the store's fault
+    return _STORAGE_FAULTS[code]
 
 
 def _hash_dir(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -161,13 +196,24 @@ class VersionedStore:
             else:
                 staging = Staging(key, Path(tempfile.mkdtemp(prefix=name)), self._asset_dir(key))
         except OSError as exc:
+            where = exc.filename or self._asset_dir(key)
             raise StoreError(
-                f"cannot create a staging directory for {key!r} under "
-                f"{self.url}: {exc.strerror or exc}"
+                f"cannot write {key!r} to the store at {self.url}: cannot create {where}: "
+                f"{exc.strerror or exc}. Nothing was written; fix permissions or point "
+                f"{STORE_HINT} at another location"
             ) from exc
         staging.scratch = Path(tempfile.mkdtemp(prefix=f"nanbeige-{key}-"))
         try:
             yield staging
+        except OSError as exc:
+            reason = storage_fault(exc, staging.path, staging.scratch, self.root)
+            if reason is None:
+                raise
+            raise StoreError(
+                f"cannot write {key!r} to the store at {self.url}: {reason} ({exc}). "
+                "Nothing was committed and earlier versions are intact; free space or fix "
+                f"permissions, or point {STORE_HINT} at another location, then re-run"
+            ) from exc
         finally:
             shutil.rmtree(staging.path, ignore_errors=True)
             shutil.rmtree(staging.scratch, ignore_errors=True)
@@ -219,8 +265,10 @@ class VersionedStore:
                     self.fs.put_file(str(staging.path / item["path"]), f"{target}/{item['path']}")
                 self.fs.put_file(str(staging.path / MANIFEST), f"{target}/{MANIFEST}")
         except OSError as exc:
+            reason = storage_fault(exc, staging.path, target) or exc.strerror or str(exc)
             raise StoreError(
-                f"cannot commit {staging.key!r} to {target}: {exc.strerror or exc}"
+                f"cannot commit {staging.key!r} to {target}: {reason} ({exc}); nothing was "
+                "committed and earlier versions are intact"
             ) from exc
         return Version(staging.key, version_id, target, manifest)
 

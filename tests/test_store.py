@@ -82,7 +82,7 @@ def test_clear_errors(tmp_path):
         store.latest("../etc")
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("the store root is a file, not a directory")
-    with pytest.raises(StoreError, match="cannot create a staging directory for 'raw_web'"):
+    with pytest.raises(StoreError, match="cannot write 'raw_web' to the store at .*a-file"):
         _write(VersionedStore(not_a_dir), "raw_web", "x")
 
 
@@ -97,7 +97,7 @@ def test_fsspec_memory_store_roundtrip(tmp_path):
 
 
 def test_lineage_walks_back_to_the_exact_input_versions(tmp_path):
-    from nanbeige_data.lineage import ancestors, lineage, render
+    from nanbeige_data.lineage import ancestors, lineage, markdown, render
 
     store = VersionedStore(tmp_path)
     old_raw = _write(store, "raw_web", "a")
@@ -114,5 +114,9 @@ def test_lineage_walks_back_to_the_exact_input_versions(tmp_path):
     assert sum(n.seen for n in [by_key["raw_web"], by_key["quality_tiers"].inputs[0]]) == 1
     text = render(tree)
     assert text.splitlines()[0].startswith(f"pretrain_warmup  {ckpt.version_id}")
+    md = markdown(tree).splitlines()  # the UI metadata: nested list linking each asset page
+    assert md[0] == f"- [pretrain_warmup](/assets/pretrain_warmup) `{ckpt.version_id}`"
+    assert f"  - [raw_web](/assets/raw_web) `{old_raw.version_id}`" in "\n".join(md)
+    assert sum("*(see above)*" in line for line in md) == 1
     store.prune("quality_tiers", keep=0)
     assert lineage(store, "pretrain_warmup").inputs[0].missing
