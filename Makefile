@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The browser test drives Debian's Chromium (never a downloaded browser).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: run test install ui lint clean-store stale rerun
 
 $(STAMP): pyproject.toml Makefile
@@ -27,7 +31,11 @@ stale: $(STAMP)
 rerun: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige run --stale
 
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -31,11 +31,15 @@ main_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 corpus_job = dg.define_asset_job(
-    "corpus", selection=dg.AssetSelection.groups("corpus"), executor_def=dg.in_process_executor
+    "corpus",
+    selection=dg.AssetSelection.groups("corpus"),
+    description="The raw corpus of every domain and its summary table (seconds on CPU).",
+    executor_def=dg.in_process_executor,
 )
 refinery_job = dg.define_asset_job(
     "refinery",
     selection=dg.AssetSelection.groups("corpus", "refinery"),
+    description="Corpus, filtering, dedup, decontamination, tagging, retrieval and tiers.",
     executor_def=dg.in_process_executor,
 )
 eval_job = dg.define_asset_job(
