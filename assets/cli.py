@@ -52,14 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph = defs.resolve_asset_graph()
         keys = list(dg.AssetSelection.from_string(args.select).resolve(graph))
     if args.stale:
-        from assets.staleness import stale_assets
-
-        stale = stale_assets(defs, VersionedStore(store_root))
-        keys = [k for k in stale if keys is None or k in keys]
-        if not keys:
-            print("nothing is stale")
-            return 0
-        print(f"re-materializing {len(keys)} stale asset(s): {', '.join(k.path[-1] for k in keys)}")
+        return _run_stale(defs, job, VersionedStore(store_root), keys, args.log_level)
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
@@ -68,17 +61,64 @@ def cmd_run(args: argparse.Namespace) -> int:
             asset_selection=keys,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         )
-        print(_summary(result, VersionedStore(store_root), time.monotonic() - started))
+        print(_summary([result], VersionedStore(store_root), time.monotonic() - started))
     return 0 if result.success else 1
 
 
-def _summary(result, store: VersionedStore, seconds: float) -> str:
+def _run_stale(defs, job, store: VersionedStore, keys, log_level: str) -> int:
+    """Re-materialize exactly what is stale, in rounds: each round runs the frontier (see
+    assets/staleness.py), then staleness is read again, so an asset whose parent re-ran to the
+    same version, or changed only parts it does not read, is left alone."""
+    import dagster as dg
+
+    from assets.staleness import frontier, staleness
+
+    allowed = None if keys is None else {k.to_python_identifier() for k in keys}
+    done: list[str] = []
+    results = []
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        while True:
+            ready = [k for k in frontier(staleness(defs, store)) if allowed is None or k in allowed]
+            if not ready:
+                break
+            again = sorted(set(ready) & set(done))
+            if again:
+                print(f"error: still stale after re-materializing: {', '.join(again)}")
+                return 1
+            print(
+                f"round {len(results) + 1}: re-materializing {len(ready)} stale asset(s): "
+                f"{', '.join(ready)}",
+                flush=True,
+            )
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                asset_selection=[dg.AssetKey(k) for k in ready],
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            )
+            results.append(result)
+            done += ready
+            if not result.success:
+                break
+    if not results:
+        print("nothing is stale")
+        return 0
+    print(f"re-materialized {len(done)} asset(s): {', '.join(done)}")
+    print(_summary(results, store, time.monotonic() - started))
+    return 0 if results[-1].success else 1
+
+
+def _summary(results: list, store: VersionedStore, seconds: float) -> str:
+    success = all(r.success for r in results)
+    runs = ", ".join(r.run_id for r in results)
     lines = [
-        f"\n{'succeeded' if result.success else 'FAILED'} in {seconds:.0f}s (run {result.run_id})",
+        f"\n{'succeeded' if success else 'FAILED'} in {seconds:.0f}s (run {runs})",
         "",
         "assets:",
     ]
-    for event in result.get_asset_materialization_events():
+    events = [e for r in results for e in r.get_asset_materialization_events()]
+    for event in events:
         mat = event.step_materialization_data.materialization
         meta = mat.metadata
         version = meta.get("version_id").value if meta.get("version_id") else "?"
@@ -89,13 +129,13 @@ def _summary(result, store: VersionedStore, seconds: float) -> str:
         lines.append(
             f"  {mat.asset_key.to_user_string():<18} {version}  {counts}\n  {'':<18} {path}"
         )
-    checks = result.get_asset_check_evaluations()
+    checks = [ev for r in results for ev in r.get_asset_check_evaluations()]
     if checks:
         lines.append("checks:")
         for ev in checks:
             mark = "passed" if ev.passed else "FAILED"
             lines.append(f"  {ev.asset_key.to_user_string()}:{ev.check_name} {mark}")
-    failed = [e for e in result.all_events if e.is_step_failure]
+    failed = [e for r in results for e in r.all_events if e.is_step_failure]
     for ev in failed:
         lines.append(f"step failed: {ev.step_key}: {ev.step_failure_data.error.message.strip()}")
     lines += [

@@ -180,6 +180,8 @@ def fgwsd_plan(
             section=("curriculum", "pretrain", "refinery.tiers"),
             inputs={"token_shards": token_shards},
             counts={"steps": plan.total_steps, "tokens": plan.total_tokens},
+            # what each stage reads of the plan, so a stage whose part is unchanged stays fresh
+            extra={"parts": curriculum.stage_digests(plan)},
             metadata={
                 "plan": dg.MetadataValue.md(curriculum.plan_table_markdown(plan)),
                 "schedule": dg.MetadataValue.md(figure),

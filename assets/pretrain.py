@@ -133,7 +133,11 @@ def _train_stage(
             inputs=inputs,
             counts={"steps": report.steps, "tokens": sum(report.tokens_seen.values())},
             metadata=_stage_metadata(report, plot),
-            extra={"report": report.as_dict(), "stage": _plan_stage(spec)},
+            extra={
+                "report": report.as_dict(),
+                "stage": _plan_stage(spec),
+                "reads": {"fgwsd_plan": [stage]},  # the part of the plan this stage trains on
+            },
         )
     vstore.discard_workdir(work)
     return version

@@ -35,7 +35,9 @@ Decisions and trade-offs:
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import math
 import re
 from bisect import bisect_left
@@ -315,6 +317,27 @@ def _lr(kind: str, p: float, lr_peak: float, lr_min: float, shape: str) -> float
     else:
         raise PlanError(f"unknown decay shape {shape!r}")
     return lr_min + (lr_peak - lr_min) * f
+
+
+def stage_digests(plan: Plan) -> dict[str, str]:
+    """Per stage, a hash of every part of the plan that training that stage reads: the LR
+    globals, its own entry and every earlier one (they set where its data streams start), and
+    the rest of its LR segment (whose steps set its LR). A change elsewhere in the plan -- the
+    decay mixture, say -- leaves the warmup and stable stages' digests as they were, so they
+    stay fresh (see assets/staleness.py)."""
+    kinds = [s.lr_kind for s in plan.stages]
+    out = {}
+    for i, stage in enumerate(plan.stages):
+        end = i
+        while end + 1 < len(kinds) and kinds[end + 1] == kinds[i]:
+            end += 1
+        read = {
+            "lr": [plan.lr_peak, plan.lr_min, plan.decay_shape],
+            "stages": [asdict(s) for s in plan.stages[: end + 1]],
+        }
+        blob = json.dumps(read, sort_keys=True, default=str).encode()
+        out[stage.name] = hashlib.sha256(blob).hexdigest()[:16]
+    return out
 
 
 def lr_factor(stage: StagePlan, local_step: int, plan: Plan) -> float:

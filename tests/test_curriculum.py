@@ -19,6 +19,7 @@ from nanbeige_data.curriculum import (
     plan_curriculum,
     plan_table_markdown,
     plot_plan,
+    stage_digests,
     vanilla_plan,
 )
 from nanbeige_data.recipe import RECIPES_DIR, CurriculumConfig, load_recipe
@@ -152,6 +153,34 @@ def test_consecutive_decay_stages_form_one_segment(tiny):
     assert tiny.curriculum.lr_min < first.lr_end < tiny.curriculum.lr_peak  # not at lr_min
     assert lr_at(plan, plan.total_steps) == pytest.approx(tiny.curriculum.lr_min, rel=1e-12)
     assert check_plan(plan) == []
+
+
+def test_stage_digests_change_only_for_stages_that_read_the_change(tiny):
+    available = _available(10**7)
+    base = stage_digests(plan_curriculum(tiny.curriculum, tiny.pretrain, bucket_tokens=available))
+    stages = tiny.curriculum.model_dump()["stages"]
+    stages[-1]["mixture"] = {
+        "web/high": 0.1,
+        "books/high": 0.2,
+        "code/high": 0.35,
+        "papers/high": 0.35,
+    }
+    new_decay = stage_digests(
+        plan_curriculum(_curriculum(tiny, stages=stages), tiny.pretrain, bucket_tokens=available)
+    )
+    changed = {name for name in base if base[name] != new_decay[name]}
+    assert changed == {"decay_long_context"}
+    # the second constant stage's steps set the first one's LR segment: both change
+    stages = tiny.curriculum.model_dump()["stages"]
+    stages[2]["tokens"] = int(stages[2]["tokens"] * 2)
+    longer = stage_digests(
+        plan_curriculum(_curriculum(tiny, stages=stages), tiny.pretrain, bucket_tokens=available)
+    )
+    assert {name for name in base if base[name] != longer[name]} == {
+        "stable_diverse",
+        "stable_high_quality",
+        "decay_long_context",
+    }
 
 
 def test_stage_order_must_be_warmup_constant_decay(tiny):

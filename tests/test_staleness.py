@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
 import yaml
 
+from assets.staleness import frontier, staleness
 from nanbeige_data.store import VersionedStore
 
 
@@ -41,14 +43,68 @@ def test_one_recipe_field_stales_exactly_its_downstream(small_recipe, store_root
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     report = _cli("stale", "--recipe", str(recipe), env=env)
     stale = {line.split()[1] for line in report.splitlines() if line.startswith("stale ")}
-    assert "raw_web" in stale and "corpus_summary" in stale  # the field's reader and its child
-    assert not {"raw_books", "raw_code", "raw_papers"} & stale  # unrelated sections: fresh
+    pending = {line.split()[1] for line in report.splitlines() if line.startswith("pending ")}
+    assert "raw_web" in stale and "corpus_summary" in pending  # the field's reader, its child
+    assert not {"raw_books", "raw_code", "raw_papers"} & (stale | pending)  # unrelated: fresh
     assert "upstream: raw_web is stale" in report  # the cascade, with its reason
 
     out = _cli("run", "--recipe", str(recipe), "--select", "group:corpus", "--stale", env=env)
-    assert "re-materializing 2 stale asset(s): raw_web, corpus_summary" in out
+    assert "round 1: re-materializing 1 stale asset(s): raw_web\n" in out
+    assert "round 2: re-materializing 1 stale asset(s): corpus_summary\n" in out
+    assert "re-materialized 2 asset(s): raw_web, corpus_summary" in out
     store = VersionedStore(store_root)
     assert store.require("raw_web").version_id != before["raw_web"]
     assert store.require("raw_code").version_id == before["raw_code"]  # not re-run
     assert len(store.versions("raw_web")) == 2  # the earlier version is kept
     assert "stale " not in _cli("stale", "--recipe", str(recipe), env=env)
+
+
+def _graph(code: str) -> dg.Definitions:
+    """plan -> stage_a, stage_b -> model: only the graph and code versions are read."""
+
+    @dg.asset(code_version=code)
+    def plan() -> None: ...
+
+    @dg.asset(code_version="1")
+    def stage_a(plan) -> None: ...
+
+    @dg.asset(code_version="1")
+    def stage_b(plan) -> None: ...
+
+    @dg.asset(code_version="1")
+    def model(stage_b) -> None: ...
+
+    return dg.Definitions(assets=[plan, stage_a, stage_b, model])
+
+
+def _commit(store: VersionedStore, key: str, payload: str, code: str = "1", **kw):
+    with store.stage(key) as staging:
+        (staging.path / "data.txt").write_text(payload)
+        return store.commit(staging, code_version=code, **kw)
+
+
+def test_a_stage_stays_fresh_when_the_part_of_the_plan_it_reads_is_unchanged(tmp_path):
+    store = VersionedStore(tmp_path / "store")
+    plan = _commit(store, "plan", "v1", extra={"parts": {"a": "A1", "b": "B1"}})
+    for key, part in (("stage_a", "a"), ("stage_b", "b")):
+        _commit(store, key, key, inputs={"plan": plan}, extra={"reads": {"plan": [part]}})
+    _commit(store, "model", "m", inputs={"stage_b": store.require("stage_b")})
+    assert {s.state for s in staleness(_graph("1"), store).values()} == {"fresh"}
+
+    # the recipe changes what the plan asset reads: the plan is stale, the rest must wait
+    report = staleness(_graph("2"), store)
+    assert report["plan"].state == "stale" and report["plan"].reasons[0].startswith("code:")
+    assert [report[k].state for k in ("stage_a", "stage_b", "model")] == ["pending"] * 3
+    assert frontier(report) == ["plan"]
+
+    # the plan re-ran: only part b changed, so stage_a stays fresh and stage_b runs next
+    _commit(store, "plan", "v2", code="2", extra={"parts": {"a": "A1", "b": "B2"}})
+    report = staleness(_graph("2"), store)
+    assert report["stage_a"].state == "fresh"
+    assert report["stage_b"].state == "stale" and report["stage_b"].reasons[0].startswith("data:")
+    assert report["model"].state == "pending"
+    assert frontier(report) == ["stage_b"]
+
+    # an asset that does not say which parts it reads is stale on any new input version
+    _commit(store, "stage_a", "stage_a, again", inputs={"plan": plan})
+    assert staleness(_graph("2"), store)["stage_a"].state == "stale"
