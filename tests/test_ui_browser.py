@@ -3,12 +3,15 @@ headless Debian Chromium driven by Playwright (no browser download).
 
 The test opens the `corpus` job, clicks "Materialize all", follows the launched run until it
 succeeds, then reads the new version's metadata and its lineage from the asset pages and
-checks them against the versioned store. Screenshots land in test-artifacts/ui/ (the README's
+checks them against the versioned store. Then it edits one recipe field, reloads the code
+location from the UI, and checks that "Materialize unsynced" offers exactly the two assets that
+read the field and re-runs only those. Screenshots land in test-artifacts/ui/ (the README's
 operator's guide uses them). The server is stopped by its PID, its process group killed if it
 does not go.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -118,7 +121,7 @@ def dagster_ui(tmp_path):
         )
     try:
         _wait_for_server(url, proc, log)
-        yield {"url": url, "store": VersionedStore(store), "log": log}
+        yield {"url": url, "store": VersionedStore(store), "log": log, "recipe": recipe}
     finally:
         _stop(proc)
         shutil.copy(log, ARTIFACTS / "dagster-dev.log") if ARTIFACTS.exists() else None
@@ -161,6 +164,7 @@ def test_materialize_from_the_ui_and_read_metadata_and_lineage(dagster_ui, brows
     page.set_default_timeout(60_000)
     try:
         _drive(page, url, store, expect)
+        _rerun_unsynced(page, url, store, expect, dagster_ui["recipe"])
     except BaseException:
         page.screenshot(path=ARTIFACTS / "failure.png")  # what the page showed when it broke
         (ARTIFACTS / "failure.txt").write_text(f"{page.url}\n\n{page.inner_text('body')}")
@@ -181,7 +185,7 @@ def _drive(page, url: str, store: VersionedStore, expect) -> None:
 
     # 2. the toast links to the launched run; wait there until the run succeeds
     page.get_by_text("Launched run").wait_for()
-    page.get_by_role("link", name="View").first.click()
+    page.get_by_role("link", name="View", exact=True).first.click()
     expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]+$"))
     expect(page.get_by_text("Success", exact=True).first).to_be_visible(
         timeout=RUN_TIMEOUT_S * 1000
@@ -220,6 +224,63 @@ def _drive(page, url: str, store: VersionedStore, expect) -> None:
     for key in ("corpus_summary", *_raw_keys()):
         assert len(store.versions(key)) == 1, key
         assert not list(Path(store.root, key).glob(".staging-*")), key
+
+
+def _rerun_unsynced(page, url: str, store: VersionedStore, expect, recipe: Path) -> None:
+    """6. edit one recipe field, reload the code location from the UI: exactly the assets that
+    read the field are unsynced, and materializing them re-runs those and nothing else."""
+    raw = yaml.safe_load(recipe.read_text())
+    raw["corpus"]["web"]["max_bytes"] = 40_000  # one field of the web domain
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = {k: store.require(k).version_id for k in ("corpus_summary", *_raw_keys())}
+
+    page.goto(f"{url}/locations")
+    page.get_by_role("button").filter(has_text=re.compile(r"^Reload$")).first.click()
+    dialog = page.get_by_role("dialog").filter(has_text="Materialize unsynced assets")
+    deadline = time.monotonic() + 120
+    while True:  # until the reloaded code versions reach the page
+        page.goto(f"{url}/locations/nanbeige/jobs/corpus")
+        page.get_by_role("button", name="Materialize all").wait_for()
+        page.get_by_role("button", name="arrow_drop_down").first.click()
+        page.get_by_role("menuitem", name="Materialize unsynced").click()
+        with contextlib.suppress(AssertionError):  # "All assets are up to date": not yet
+            expect(dialog.get_by_text("raw_web").first).to_be_visible(timeout=5000)
+            break
+        assert time.monotonic() < deadline, (
+            f"the reloaded code location never showed unsynced: {_code_versions(url)}"
+        )
+        time.sleep(2)
+    expect(dialog.get_by_text("corpus_summary").first).to_be_visible()
+    for key in ("raw_books", "raw_code", "raw_papers"):
+        expect(dialog.get_by_text(key)).to_have_count(0)
+    expect(dialog.get_by_role("button", name="Materialize 2 assets")).to_be_visible()
+    page.wait_for_timeout(800)  # the dialog's fade-in, for a clear screenshot
+    page.screenshot(path=ARTIFACTS / "05-materialize-unsynced.png")
+    dialog.get_by_role("button", name="Materialize 2 assets").click()
+
+    page.get_by_text("Launched run").first.wait_for()
+    page.get_by_role("link", name="View", exact=True).first.click()
+    expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]+$"))
+    expect(page.get_by_text("Success", exact=True).first).to_be_visible(
+        timeout=RUN_TIMEOUT_S * 1000
+    )
+    for key, old in before.items():
+        versions = [v.version_id for v in store.versions(key)]
+        if key in ("raw_web", "corpus_summary"):
+            assert versions[0] == old and len(versions) == 2, key  # re-run, old version kept
+        else:
+            assert versions == [old], key  # left alone
+
+
+def _code_versions(url: str) -> dict[str, str]:
+    """The code versions the webserver holds (for failure messages)."""
+    query = b'{"query": "{ assetNodes { assetKey { path } opVersion } }"}'
+    request = urllib.request.Request(
+        f"{url}/graphql", data=query, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        nodes = json.loads(resp.read())["data"]["assetNodes"]
+    return {"/".join(n["assetKey"]["path"]): n["opVersion"] for n in nodes}
 
 
 def _raw_keys() -> tuple[str, ...]:
