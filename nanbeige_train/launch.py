@@ -13,6 +13,7 @@ Threads: each rank gets ``cpu_count // nproc`` intra-op threads so two gloo rank
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -75,6 +76,7 @@ class LocalLauncher:
                 text=True,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             assert proc.stdout is not None
             try:
@@ -89,6 +91,21 @@ class LocalLauncher:
         if code != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
             raise TrainingError(f"{' '.join(cmd[3:])} exited with {code}; log {log}:\n{tail}")
+
+
+# libc, resolved in the parent: the child between fork and exec must not load anything
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the torchrun child before exec: SIGTERM when the process that launched it dies.
+
+    torchrun runs in a session of its own (so a terminal's Ctrl-C reaches it only through us),
+    which also means a SIGKILLed Dagster run (OOM killer, pre-emption, `kill -9`) would leave
+    it training on as an orphan, racing the re-run in the same work directory. Linux's
+    PR_SET_PDEATHSIG closes that hole; torchrun passes the SIGTERM on to its ranks."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:

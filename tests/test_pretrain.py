@@ -3,7 +3,14 @@ ranks against one, and the Hugging Face export. Real text, a real tokenizer, rea
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +179,63 @@ def test_a_crash_mid_stage_resumes_from_that_stages_last_checkpoint(data, first_
     # steps 4.. continue exactly where the uninterrupted run went (data position, optimizer)
     np.testing.assert_allclose(losses(tmp_path)[3:], losses(reference)[3:], rtol=1e-5)
     # tokens counted over the whole stage, across the crash
+    assert result["tokens_seen"] == first_stage[1]["tokens_seen"]
+
+
+def _trainers_of(work: Path) -> list[int]:
+    """PIDs of live processes whose command line names ``work`` (torchrun and its ranks)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (proc / "stat").read_text().split(") ", 1)[1][0]
+                if str(work) in cmdline and state != "Z":
+                    pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sigkilled_launcher_leaves_no_orphan_trainer_and_the_stage_resumes(
+    data, first_stage, tmp_path
+):
+    """The process that launched torchrun dies by SIGKILL (as a Dagster run killed by the OOM
+    killer or a pre-empted node does): torchrun and its ranks must not train on as orphans in
+    the work directory (PR_SET_PDEATHSIG stops them at once; the broken log pipe would only
+    stop them at their next log line), and the next attempt resumes from the stage's last
+    checkpoint with the uninterrupted run's losses and token counts."""
+    reference, _ = first_stage
+    spec = spec_for(data, "stable_diverse", tmp_path / "work", every=2)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import json, sys\n"
+            "from nanbeige_train.launch import LocalLauncher\n"
+            "from nanbeige_train.pretrain import StageSpec\n"
+            "spec = StageSpec(**json.loads(open(sys.argv[1]).read()))\n"
+            "LocalLauncher().run_stage(spec)\n"
+        ), str(spec_file)],
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not any(p.name != "step-0" for p in checkpoints(tmp_path / "work")):
+        assert parent.poll() is None, "the stage ended before it wrote a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.1)
+    assert _trainers_of(tmp_path / "work"), "torchrun should be running now"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while _trainers_of(tmp_path / "work"):
+        assert time.monotonic() < deadline, f"orphans: {_trainers_of(tmp_path / 'work')}"
+        time.sleep(0.2)
+
+    done = [p.name for p in checkpoints(tmp_path / "work")]
+    result = LocalLauncher().run_stage(spec)
+    assert result["resumed_from"] == done[-1] != "step-0"
+    np.testing.assert_allclose(losses(tmp_path / "work")[-2:], losses(reference)[-2:], rtol=1e-5)
     assert result["tokens_seen"] == first_stage[1]["tokens_seen"]
 
 
