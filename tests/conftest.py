@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from nanbeige_data.recipe import RECIPES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -72,3 +77,28 @@ def small_recipe(tmp_path, monkeypatch):
         return path
 
     return make
+
+
+class Cli:
+    """`nanbeige ...` as a user runs it: a subprocess with its own DAGSTER_HOME and store."""
+
+    def __init__(self, home: Path, store: Path):
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "DAGSTER_HOME": str(home), "NANBEIGE_STORE": str(store)}
+        self.argv = [sys.executable, "-m", "assets.cli"]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run(
+            [*self.argv, *args], capture_output=True, text=True, env=self.env, timeout=600, cwd=REPO
+        )
+        if check:
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out
+
+    def __call__(self, *args: str) -> str:
+        return self.run(*args).stdout
+
+
+@pytest.fixture
+def cli(tmp_path, store_root) -> Cli:
+    return Cli(tmp_path / "dagster_home", store_root)

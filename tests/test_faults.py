@@ -6,7 +6,6 @@ half-written version is ever visible, and the re-run completes and commits one n
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,26 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 ASSET = "deduped"
 
 
-def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
-def test_refinery_run_killed_mid_stage_restarts_cleanly(small_recipe, store_root, tmp_path):
+def test_refinery_run_killed_mid_stage_restarts_cleanly(small_recipe, store_root, cli):
     recipe = small_recipe(max_bytes=20_000)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "NANBEIGE_STORE": str(store_root)}
     select = ["--select", f"+key:{ASSET}"]  # deduped and what it is made from
-    first = _cli("run", "--recipe", str(recipe), *select, env=env)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    cli("run", "--recipe", str(recipe), *select)
     store = VersionedStore(store_root)
     earlier = store.require(ASSET)
 
@@ -47,8 +31,8 @@ def test_refinery_run_killed_mid_stage_restarts_cleanly(small_recipe, store_root
     raw["refinery"]["dedup"]["buckets"] += 1
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "assets.cli", "run", "--recipe", str(recipe), *select, "--stale"],
-        env=env,
+        [*cli.argv, "run", "--recipe", str(recipe), *select, "--stale"],
+        env=cli.env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -70,9 +54,8 @@ def test_refinery_run_killed_mid_stage_restarts_cleanly(small_recipe, store_root
     assert list(asset_dir.glob(".staging-*")), "the killed writer's staging dir is left"
 
     # the re-run sweeps the dead attempt, commits one new version and keeps the earlier one
-    again = _cli("run", "--recipe", str(recipe), *select, "--stale", env=env)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "round 1: re-materializing 1 stale asset(s): deduped" in again.stdout
+    again = cli("run", "--recipe", str(recipe), *select, "--stale")
+    assert "round 1: re-materializing 1 stale asset(s): deduped" in again
     versions = store.versions(ASSET)
     assert [v.version_id for v in versions][0] == earlier.version_id and len(versions) == 2
     assert versions[1].manifest["recipe_hash"] != earlier.manifest["recipe_hash"]

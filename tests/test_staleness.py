@@ -3,10 +3,6 @@ downstream of that (the cascade), and `nanbeige run --stale` re-materializes onl
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import dagster as dg
 import pytest
 import yaml
@@ -15,47 +11,32 @@ from assets.staleness import frontier, staleness
 from nanbeige_data.store import VersionedStore
 
 
-def _cli(*args: str, env: dict) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out.stdout
-
-
 @pytest.mark.slow
-def test_one_recipe_field_stales_exactly_its_downstream(small_recipe, store_root, tmp_path):
+def test_one_recipe_field_stales_exactly_its_downstream(small_recipe, store_root, cli):
     recipe = small_recipe(max_bytes=20_000)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "NANBEIGE_STORE": str(store_root)}
-    _cli("run", "--recipe", str(recipe), "--select", "group:corpus", env=env)
-    report = _cli("stale", "--recipe", str(recipe), env=env)
+    cli("run", "--recipe", str(recipe), "--select", "group:corpus")
+    report = cli("stale", "--recipe", str(recipe))
     assert "stale " not in report  # fresh after a run (only never-built assets listed)
     before = {k: VersionedStore(store_root).require(k).version_id for k in ("raw_web", "raw_code")}
 
     raw = yaml.safe_load(recipe.read_text())
     raw["corpus"]["web"]["max_bytes"] = 15_000  # one field of one section
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
-    report = _cli("stale", "--recipe", str(recipe), env=env)
+    report = cli("stale", "--recipe", str(recipe))
     stale = {line.split()[1] for line in report.splitlines() if line.startswith("stale ")}
     pending = {line.split()[1] for line in report.splitlines() if line.startswith("pending ")}
     # the field's reader, and corpus_summary, which reads the whole corpus section
     assert stale == {"raw_web", "corpus_summary"} and not pending
     assert "upstream: raw_web is stale" in report  # the cascade, with its reason
 
-    out = _cli("run", "--recipe", str(recipe), "--select", "group:corpus", "--stale", env=env)
+    out = cli("run", "--recipe", str(recipe), "--select", "group:corpus", "--stale")
     assert "round 1: re-materializing 2 stale asset(s): raw_web, corpus_summary\n" in out
     assert "round 2" not in out
     store = VersionedStore(store_root)
     assert store.require("raw_web").version_id != before["raw_web"]
     assert store.require("raw_code").version_id == before["raw_code"]  # not re-run
     assert len(store.versions("raw_web")) == 2  # the earlier version is kept
-    assert "stale " not in _cli("stale", "--recipe", str(recipe), env=env)
+    assert "stale " not in cli("stale", "--recipe", str(recipe))
 
 
 def _graph(code: str) -> dg.Definitions:
