@@ -1,20 +1,28 @@
-"""The curriculum group: tokenizer -> token_shards -> fgwsd_plan (FG-WSD and vanilla WSD)."""
+"""The curriculum group: tokenizer -> token_shards -> fgwsd_plan (FG-WSD and vanilla WSD) ->
+plan_<stage> (what each pretraining stage reads of the plan)."""
 
 import json
+import os
 
 import dagster as dg
 import numpy as np
 
 from assets.checks import version_check
 from assets.resources import RecipeResource, StoreResource
-from assets.versioning import code_version, commit, staged
+from assets.versioning import _definition_recipe, code_version, commit, staged
 from nanbeige_data import curriculum, tokenization
-from nanbeige_data.recipe import Recipe
+from nanbeige_data.recipe import RECIPE_ENV, Recipe
 from nanbeige_data.store import Version
 
 GROUP = "curriculum"
 ROUNDTRIP_DOCS_PER_DOMAIN = 50
 PLAN_FILE, VANILLA_FILE = "fgwsd.json", "vanilla_wsd.json"
+STAGE_PLAN_FILE = "stage_plan.json"
+
+
+def stage_names() -> list[str]:
+    """The FG-WSD stages of the recipe the Definitions are built from (one asset each)."""
+    return [s.name for s in _definition_recipe(os.environ.get(RECIPE_ENV, "")).curriculum.stages]
 
 
 def _spec(rcp: Recipe) -> tokenization.TokenizerSpec:
@@ -180,14 +188,55 @@ def fgwsd_plan(
             section=("curriculum", "pretrain", "refinery.tiers"),
             inputs={"token_shards": token_shards},
             counts={"steps": plan.total_steps, "tokens": plan.total_tokens},
-            # what each stage reads of the plan, so a stage whose part is unchanged stays fresh
-            extra={"parts": curriculum.stage_digests(plan)},
             metadata={
                 "plan": dg.MetadataValue.md(curriculum.plan_table_markdown(plan)),
                 "schedule": dg.MetadataValue.md(figure),
                 "vanilla_wsd": dg.MetadataValue.md(curriculum.plan_table_markdown(vanilla)),
             },
         )
+
+
+def stage_plan_asset(stage: str) -> dg.AssetsDefinition:
+    """``plan_<stage>``: the slice of the FG-WSD plan that ``pretrain_<stage>`` trains on.
+
+    Its bytes change only when that slice does, and its code version reads no recipe section
+    (the plan already carries them), so a change to another stage -- the decay mixture, say --
+    re-runs this asset to the same data version and leaves the stage's checkpoint fresh, in
+    Dagster's UI as in ``nanbeige stale``."""
+
+    @dg.asset(
+        name=f"plan_{stage}",
+        group_name=GROUP,
+        code_version=code_version(curriculum.CODE_VERSION),
+        description=f"What stage '{stage}' reads of the FG-WSD plan: the stages up to it and "
+        "the rest of its LR segment, with the LR globals.",
+        kinds={"json"},
+    )
+    def _stage_plan(
+        context: dg.AssetExecutionContext,
+        recipe: RecipeResource,
+        store: StoreResource,
+        fgwsd_plan: Version,
+    ) -> dg.Output[Version]:
+        rcp, vstore = recipe.load(), store.open()
+        plan = curriculum.Plan.from_dict(
+            json.loads((fgwsd_plan.local_path / PLAN_FILE).read_text())
+        )
+        with staged(vstore, context) as out:
+            part = curriculum.stage_slice(plan, stage)
+            (out.path / STAGE_PLAN_FILE).write_text(json.dumps(part.to_dict(), indent=2))
+            entry = next(s for s in part.stages if s.name == stage)
+            return commit(
+                context,
+                vstore,
+                out,
+                recipe=rcp,
+                section=(),
+                inputs={"fgwsd_plan": fgwsd_plan},
+                counts={"steps": entry.steps, "tokens": entry.tokens, "stages": len(part.stages)},
+            )
+
+    return _stage_plan
 
 
 def _plan_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
@@ -199,7 +248,8 @@ def _plan_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
     return ok, {"problems": dg.MetadataValue.json(problems)}
 
 
-ASSETS = [tokenizer, token_shards, fgwsd_plan]
+STAGE_PLANS = [stage_plan_asset(name) for name in stage_names()]
+ASSETS = [tokenizer, token_shards, fgwsd_plan, *STAGE_PLANS]
 CHECKS = [
     version_check(
         "tokenizer",

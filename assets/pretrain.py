@@ -7,15 +7,14 @@ Stages come from the recipe the Definitions are built from; training is launched
 import functools
 import hashlib
 import json
-import os
 
 import dagster as dg
 
 from assets.checks import version_check
-from assets.curriculum import PLAN_FILE, VANILLA_FILE
+from assets.curriculum import PLAN_FILE, STAGE_PLAN_FILE, VANILLA_FILE, stage_names
 from assets.resources import RecipeResource, StoreResource
-from assets.versioning import _definition_recipe, code_version, commit, staged
-from nanbeige_data.recipe import RECIPE_ENV, Recipe
+from assets.versioning import code_version, commit, staged
+from nanbeige_data.recipe import Recipe
 from nanbeige_data.store import Version
 from nanbeige_train import export, runner
 from nanbeige_train.launch import LocalLauncher, TrainingError
@@ -92,12 +91,12 @@ def _train_stage(
 ) -> dg.Output[Version]:
     """Train ``stage`` from the plan (resuming a crashed attempt) and commit its version."""
     vstore = store.open()
-    plan, shards, tok = inputs["fgwsd_plan"], inputs["token_shards"], inputs["tokenizer"]
+    plan, shards, tok = inputs[f"plan_{stage}"], inputs["token_shards"], inputs["tokenizer"]
     previous = next((v for k, v in inputs.items() if k.startswith("pretrain_")), None)
     key = context.asset_key.to_python_identifier()
     work = vstore.workdir(key, _fingerprint(context, *inputs.values()))
     spec = runner.stage_spec(
-        plan_path=plan.local_path / PLAN_FILE,
+        plan_path=plan.local_path / STAGE_PLAN_FILE,
         stage=stage,
         shards_dir=shards.local_path,
         tokenizer_dir=tok.local_path,
@@ -136,7 +135,6 @@ def _train_stage(
             extra={
                 "report": report.as_dict(),
                 "stage": _plan_stage(spec),
-                "reads": {"fgwsd_plan": [stage]},  # the part of the plan this stage trains on
             },
         )
     vstore.discard_workdir(work)
@@ -145,7 +143,7 @@ def _train_stage(
 
 def pretrain_stage_asset(stage: str, previous: str | None) -> dg.AssetsDefinition:
     """``pretrain_<stage>``; it depends on ``pretrain_<previous>`` when there is one."""
-    ins = {name: dg.AssetIn(name) for name in ("fgwsd_plan", "token_shards", "tokenizer")}
+    ins = {name: dg.AssetIn(name) for name in (f"plan_{stage}", "token_shards", "tokenizer")}
     if previous:
         ins["previous"] = dg.AssetIn(f"pretrain_{previous}")
 
@@ -231,11 +229,7 @@ def stage_checks(stage: str) -> list[dg.AssetChecksDefinition]:
     ]
 
 
-def _stage_names() -> list[str]:
-    return [s.name for s in _definition_recipe(os.environ.get(RECIPE_ENV, "")).curriculum.stages]
-
-
-STAGES = _stage_names()
+STAGES = stage_names()
 STAGE_ASSETS = [
     pretrain_stage_asset(name, STAGES[i - 1] if i else None) for i, name in enumerate(STAGES)
 ]

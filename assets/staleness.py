@@ -7,14 +7,12 @@ is stale when
 * it was never materialized (``missing``),
 * its code version (module version + the hash of the recipe sections it reads) differs from
   the one its newest version recorded (``code``: e.g. a recipe field it reads changed),
-* an input's newest version is not the one its newest version was made from (``data``) --
-  unless the asset recorded which *parts* of that input it reads (``extra.reads``) and the
-  input's new version carries the same digests for them (``extra.parts``): a pretraining stage
-  reads only its own slice of the FG-WSD plan, so a decay-mixture change leaves warmup fresh.
+* an input's newest version holds other data than the one its newest version was made from
+  (``data``; a parent that re-ran to the same bytes changes nothing downstream).
 
 An asset whose only reason is that a parent is stale or missing is ``pending`` (the cascade):
 whether it must re-run is known once its parents have -- a parent can re-run to the same bytes
-(same version, nothing downstream to do) or change only parts it does not read.
+(a pretraining stage's ``plan_<stage>`` does when another stage's mixture changed).
 ``nanbeige run --stale`` therefore works in rounds: it materializes the ``frontier`` (stale and
 missing assets with no pending or non-ready parent), re-reads the store, and repeats until
 nothing is stale; exactly the affected assets are re-materialized. ``nanbeige stale`` prints
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from nanbeige_data.store import StoreError, Version, VersionedStore
+from nanbeige_data.store import VersionedStore
 
 
 @dataclass
@@ -58,36 +56,21 @@ def staleness(defs: dg.Definitions, store: VersionedStore) -> dict[str, Status]:
         if node.code_version and recorded != node.code_version:
             reasons.append(f"code: {recorded or '-'} -> {node.code_version}")
         inputs = latest.manifest.get("inputs", {})
-        reads = latest.manifest.get("extra", {}).get("reads", {})
         upstream = []
         for parent in sorted(node.parent_keys, key=_identifier):
             pname = _identifier(parent)
             if pname not in out:
                 continue  # not an asset of this graph
             parent_latest = store.latest(pname)
-            used = inputs.get(pname, {}).get("version_id")
-            changed = parent_latest is not None and used != parent_latest.version_id
-            if changed and not _same_parts(store, pname, used, parent_latest, reads.get(pname)):
-                reasons.append(f"data: {pname} {used or '-'} -> {parent_latest.version_id}")
+            used = inputs.get(pname, {})
+            if parent_latest is not None and used.get("data_version") != parent_latest.data_version:
+                was = used.get("version_id") or "-"
+                reasons.append(f"data: {pname} {was} -> {parent_latest.version_id}")
             if out[pname].state != "fresh":
                 upstream.append(f"upstream: {pname} is {out[pname].state}")
         state = "stale" if reasons else "pending" if upstream else "fresh"
         out[name] = Status(name, state, reasons + upstream, parents)
     return out
-
-
-def _same_parts(
-    store: VersionedStore, key: str, used: str | None, new: Version, parts: list[str] | None
-) -> bool:
-    """True when the asset reads only ``parts`` of ``key`` and they are unchanged in ``new``."""
-    if not parts or not used:
-        return False
-    try:
-        old = store.get(key, used).manifest.get("extra", {}).get("parts", {})
-    except StoreError:
-        return False  # the version it used was pruned: assume the worst
-    now = new.manifest.get("extra", {}).get("parts", {})
-    return all(p in old and old.get(p) == now.get(p) for p in parts)
 
 
 def frontier(report: dict[str, Status]) -> list[str]:
@@ -118,7 +101,7 @@ def render(report: dict[str, Status], show_fresh: bool = False) -> str:
     )
     if counts["pending"]:
         lines.append(
-            "pending: a parent re-runs first; re-checked then (it stays fresh if the parent's "
-            "new version leaves what it reads unchanged)"
+            "pending: a parent re-runs first; re-checked then (it stays fresh if the parent "
+            "re-runs to the same data)"
         )
     return "\n".join(lines)

@@ -35,14 +35,12 @@ Decisions and trade-offs:
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import math
 import re
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -319,25 +317,19 @@ def _lr(kind: str, p: float, lr_peak: float, lr_min: float, shape: str) -> float
     return lr_min + (lr_peak - lr_min) * f
 
 
-def stage_digests(plan: Plan) -> dict[str, str]:
-    """Per stage, a hash of every part of the plan that training that stage reads: the LR
-    globals, its own entry and every earlier one (they set where its data streams start), and
-    the rest of its LR segment (whose steps set its LR). A change elsewhere in the plan -- the
-    decay mixture, say -- leaves the warmup and stable stages' digests as they were, so they
-    stay fresh (see assets/staleness.py)."""
+def stage_slice(plan: Plan, name: str) -> Plan:
+    """The part of ``plan`` that training stage ``name`` reads: every stage up to it (they set
+    where its data streams start) and the rest of its LR segment (whose steps set its LR), with
+    the LR globals. A change elsewhere -- the decay mixture, say -- leaves the warmup and stable
+    stages' slices byte-identical, so their checkpoints stay fresh."""
+    names = [s.name for s in plan.stages]
+    if name not in names:
+        raise PlanError(f"stage {name!r} is not in the plan (stages: {names})")
     kinds = [s.lr_kind for s in plan.stages]
-    out = {}
-    for i, stage in enumerate(plan.stages):
-        end = i
-        while end + 1 < len(kinds) and kinds[end + 1] == kinds[i]:
-            end += 1
-        read = {
-            "lr": [plan.lr_peak, plan.lr_min, plan.decay_shape],
-            "stages": [asdict(s) for s in plan.stages[: end + 1]],
-        }
-        blob = json.dumps(read, sort_keys=True, default=str).encode()
-        out[stage.name] = hashlib.sha256(blob).hexdigest()[:16]
-    return out
+    end = names.index(name)
+    while end + 1 < len(kinds) and kinds[end + 1] == kinds[names.index(name)]:
+        end += 1
+    return replace(plan, stages=plan.stages[: end + 1])
 
 
 def lr_factor(stage: StagePlan, local_step: int, plan: Plan) -> float:

@@ -19,7 +19,7 @@ from nanbeige_data.curriculum import (
     plan_curriculum,
     plan_table_markdown,
     plot_plan,
-    stage_digests,
+    stage_slice,
     vanilla_plan,
 )
 from nanbeige_data.recipe import RECIPES_DIR, CurriculumConfig, load_recipe
@@ -155,9 +155,26 @@ def test_consecutive_decay_stages_form_one_segment(tiny):
     assert check_plan(plan) == []
 
 
-def test_stage_digests_change_only_for_stages_that_read_the_change(tiny):
-    available = _available(10**7)
-    base = stage_digests(plan_curriculum(tiny.curriculum, tiny.pretrain, bucket_tokens=available))
+def _slices(recipe, stages=None) -> dict[str, dict]:
+    cur = _curriculum(recipe, stages=stages) if stages else recipe.curriculum
+    plan = plan_curriculum(cur, recipe.pretrain, bucket_tokens=_available(10**7))
+    return {s.name: stage_slice(plan, s.name).to_dict() for s in plan.stages}
+
+
+def test_stage_slices_change_only_for_stages_that_read_the_change(tiny):
+    base = _slices(tiny)
+    assert [s["name"] for s in base["warmup"]["stages"]] == ["warmup"]
+    # the two constant stages form one LR segment: each slice holds both
+    assert [s["name"] for s in base["stable_diverse"]["stages"]] == [
+        "warmup",
+        "stable_diverse",
+        "stable_high_quality",
+    ]
+    assert (
+        Plan.from_dict(base["decay_long_context"]).total_steps
+        == plan_curriculum(tiny.curriculum, tiny.pretrain).total_steps
+    )
+
     stages = tiny.curriculum.model_dump()["stages"]
     stages[-1]["mixture"] = {
         "web/high": 0.1,
@@ -165,22 +182,19 @@ def test_stage_digests_change_only_for_stages_that_read_the_change(tiny):
         "code/high": 0.35,
         "papers/high": 0.35,
     }
-    new_decay = stage_digests(
-        plan_curriculum(_curriculum(tiny, stages=stages), tiny.pretrain, bucket_tokens=available)
-    )
-    changed = {name for name in base if base[name] != new_decay[name]}
-    assert changed == {"decay_long_context"}
-    # the second constant stage's steps set the first one's LR segment: both change
+    new_decay = _slices(tiny, stages)
+    assert {name for name in base if base[name] != new_decay[name]} == {"decay_long_context"}
+    # the second constant stage's steps set the first one's LR: both change, and what follows
     stages = tiny.curriculum.model_dump()["stages"]
     stages[2]["tokens"] = int(stages[2]["tokens"] * 2)
-    longer = stage_digests(
-        plan_curriculum(_curriculum(tiny, stages=stages), tiny.pretrain, bucket_tokens=available)
-    )
+    longer = _slices(tiny, stages)
     assert {name for name in base if base[name] != longer[name]} == {
         "stable_diverse",
         "stable_high_quality",
         "decay_long_context",
     }
+    with pytest.raises(PlanError, match="not in the plan"):
+        stage_slice(plan_curriculum(tiny.curriculum, tiny.pretrain), "cooldown")
 
 
 def test_stage_order_must_be_warmup_constant_decay(tiny):

@@ -88,6 +88,7 @@ def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
         report = version.manifest["extra"]["report"]
         assert report["steps"] == stage["steps"]
         assert sum(report["tokens_seen"].values()) == stage["tokens"]
+        assert f"plan_{stage['name']}" in version.manifest["inputs"]  # its slice of the plan
         if previous is not None:
             assert version.manifest["inputs"][previous]["version_id"]
         previous = f"pretrain_{stage['name']}"
