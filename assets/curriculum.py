@@ -249,6 +249,17 @@ def _plan_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
 
 
 STAGE_PLANS = [stage_plan_asset(name) for name in stage_names()]
+
+
+def _slice_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
+    plan = curriculum.Plan.from_dict(json.loads((version.local_path / STAGE_PLAN_FILE).read_text()))
+    stage = version.key.removeprefix("plan_")
+    problems = curriculum.check_plan(plan)
+    if stage not in [s.name for s in plan.stages]:
+        problems.append(f"stage {stage!r} is not in its slice")
+    return not problems, {"problems": dg.MetadataValue.json(problems)}
+
+
 ASSETS = [tokenizer, token_shards, fgwsd_plan, *STAGE_PLANS]
 CHECKS = [
     version_check(
@@ -269,5 +280,15 @@ CHECKS = [
         evaluate=_plan_valid,
         description="Budgets add up to the recipe, mixtures sum to 1, LR is continuous, every "
         "bucket exists and none is drawn for more epochs than allowed (both plans).",
+    ),
+    *(
+        version_check(
+            f"plan_{name}",
+            name="slice_valid",
+            evaluate=_slice_valid,
+            description="The slice holds its stage, mixtures sum to 1, LR is continuous, no "
+            "bucket is drawn past its epochs.",
+        )
+        for name in stage_names()
     ),
 ]
