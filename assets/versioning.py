@@ -67,7 +67,15 @@ def commit(
         recipe_hash=recipe.section_hash(*sections),
         recipe_name=recipe.name,
         counts=dict(counts),
-        extra={"run_id": context.run_id, "seed": recipe.seed, **(extra or {})},
+        extra={
+            "run_id": context.run_id,
+            "seed": recipe.seed,
+            # the values behind recipe_hash, so the exact recipe is recoverable from the store
+            "recipe_sections": {
+                name: recipe.section(name).model_dump(mode="json") for name in sections
+            },
+            **(extra or {}),
+        },
     )
     context.log.info(f"committed {version.key} {version.version_id} at {version.path}")
     meta: dict[str, Any] = {

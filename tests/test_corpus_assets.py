@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -49,6 +50,11 @@ def test_user_glob_corpus_materializes_with_lineage(files_recipe, store_root):
     assert summary.manifest["inputs"]["raw_web"] == web.ref()
     assert summary.manifest["recipe_name"] == "files"
     assert summary.manifest["code_version"].startswith("1+")
+    # the recipe values behind the hash are recorded: the exact recipe is recoverable
+    sections = web.manifest["extra"]["recipe_sections"]
+    assert sections["corpus.web"]["source"] == "files"
+    paths = sections["corpus.web"]["paths"]
+    assert [Path(p).parts[-2:] for p in paths] == [("web", "part-0.jsonl")]
 
 
 def test_failing_blocking_check_stops_downstream_in_the_same_run(files_recipe, store_root):
