@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_stale(defs, job, store: VersionedStore, keys, log_level: str) -> int:
     """Re-materialize exactly what is stale, in rounds: each round runs the frontier (see
     assets/staleness.py), then staleness is read again, so an asset whose parent re-ran to the
-    same version, or changed only parts it does not read, is left alone."""
+    same data is left alone."""
     import dagster as dg
 
     from assets.staleness import frontier, staleness

@@ -219,9 +219,7 @@ def stage_plan_asset(stage: str) -> dg.AssetsDefinition:
         fgwsd_plan: Version,
     ) -> dg.Output[Version]:
         rcp, vstore = recipe.load(), store.open()
-        plan = curriculum.Plan.from_dict(
-            json.loads((fgwsd_plan.local_path / PLAN_FILE).read_text())
-        )
+        plan = curriculum.Plan.load(fgwsd_plan.local_path / PLAN_FILE)
         with staged(vstore, context) as out:
             part = curriculum.stage_slice(plan, stage)
             (out.path / STAGE_PLAN_FILE).write_text(json.dumps(part.to_dict(), indent=2))
@@ -242,7 +240,7 @@ def stage_plan_asset(stage: str) -> dg.AssetsDefinition:
 def _plan_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
     problems = {}
     for name in (PLAN_FILE, VANILLA_FILE):
-        plan = curriculum.Plan.from_dict(json.loads((version.local_path / name).read_text()))
+        plan = curriculum.Plan.load(version.local_path / name)
         problems[name] = curriculum.check_plan(plan, rcp.curriculum)
     ok = not any(problems.values())
     return ok, {"problems": dg.MetadataValue.json(problems)}
@@ -252,7 +250,7 @@ STAGE_PLANS = [stage_plan_asset(name) for name in stage_names()]
 
 
 def _slice_valid(version: Version, rcp: Recipe) -> tuple[bool, dict]:
-    plan = curriculum.Plan.from_dict(json.loads((version.local_path / STAGE_PLAN_FILE).read_text()))
+    plan = curriculum.Plan.load(version.local_path / STAGE_PLAN_FILE)
     stage = version.key.removeprefix("plan_")
     problems = curriculum.check_plan(plan)
     if stage not in [s.name for s in plan.stages]:

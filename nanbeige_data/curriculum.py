@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import re
 from bisect import bisect_left
@@ -135,6 +136,11 @@ class Plan:
             "max_epochs": self.max_epochs,
             "stages": [asdict(s) for s in self.stages],
         }
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read a plan from the JSON file ``to_dict`` was written to."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Plan:
@@ -288,15 +294,20 @@ def apportion(mixture: Mapping[str, float], total: int) -> dict[str, int]:
 # --- learning rate -----------------------------------------------------------------------
 
 
-def _segment(kinds: list[str], steps: list[int], i: int) -> tuple[int, int]:
-    """(steps of stage i's LR segment before it, steps of the whole segment): a segment is a
-    run of consecutive stages of one LR kind."""
+def _segment_bounds(kinds: list[str], i: int) -> tuple[int, int]:
+    """First and last index of stage i's LR segment: a run of consecutive stages of one kind."""
     lo = i
     while lo > 0 and kinds[lo - 1] == kinds[i]:
         lo -= 1
     hi = i
     while hi + 1 < len(kinds) and kinds[hi + 1] == kinds[i]:
         hi += 1
+    return lo, hi
+
+
+def _segment(kinds: list[str], steps: list[int], i: int) -> tuple[int, int]:
+    """(steps of stage i's LR segment before it, steps of the whole segment)."""
+    lo, hi = _segment_bounds(kinds, i)
     return sum(steps[lo:i]), sum(steps[lo : hi + 1])
 
 
@@ -325,10 +336,7 @@ def stage_slice(plan: Plan, name: str) -> Plan:
     names = [s.name for s in plan.stages]
     if name not in names:
         raise PlanError(f"stage {name!r} is not in the plan (stages: {names})")
-    kinds = [s.lr_kind for s in plan.stages]
-    end = names.index(name)
-    while end + 1 < len(kinds) and kinds[end + 1] == kinds[names.index(name)]:
-        end += 1
+    _, end = _segment_bounds([s.lr_kind for s in plan.stages], names.index(name))
     return replace(plan, stages=plan.stages[: end + 1])
 
 

@@ -66,7 +66,7 @@ class StageSpec:
         """(Plan, StagePlan) of this stage, read from the plan JSON."""
         from nanbeige_data.curriculum import Plan
 
-        plan = Plan.from_dict(json.loads(Path(self.plan_path).read_text()))
+        plan = Plan.load(self.plan_path)
         for stage in plan.stages:
             if stage.name == self.stage:
                 return plan, stage
