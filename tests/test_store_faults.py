@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,32 +66,27 @@ def test_full_and_read_only_disk_give_clear_errors_and_keep_the_earlier_version(
     assert out["after_readonly"]["versions"] == first and out["after_readonly"]["intact"]
 
 
-def test_permission_denied_store_names_the_path():
-    # root ignores file modes, so as root the child drops to nobody (setpriv); else chmod works
-    tmp = Path(tempfile.mkdtemp(prefix="nanbeige-denied-"))
+def test_permission_denied_store_names_the_path(tmp_path):
+    root = tmp_path / "store"
+    asset_dir = root / "raw_papers"
+    asset_dir.mkdir(parents=True)
+    asset_dir.chmod(0o555)  # the writer may read the store but not write this asset
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        # root ignores file modes through its DAC capabilities: the child runs without them
+        # (still uid 0, so it can read the checkout and the venv wherever they are)
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop capabilities")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
     try:
-        os.chmod(tmp, 0o755)
-        root = tmp / "store"
-        (root / "raw_papers").mkdir(parents=True)
-        prefix: list[str] = []
-        if os.geteuid() == 0:
-            if shutil.which("setpriv") is None:
-                pytest.skip("running as root without setpriv to drop privileges")
-            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-            os.chmod(root.parent, 0o777)  # nobody's HOME; the store itself stays root's 0755
-        else:
-            os.chmod(root / "raw_papers", 0o555)
         out = _child("denied", root, prefix)
-        denied = out["denied"]
-        assert not denied["success"]
-        assert "Permission denied" in denied["description"]
-        assert str(root / "raw_papers") in denied["description"]
-        assert out["after_denied"]["versions"] == [] and out["after_denied"]["entries"] == []
     finally:
-        os.chmod(tmp, 0o755)
-        for p in tmp.rglob("*"):
-            os.chmod(p, 0o755) if p.is_dir() else None
-        shutil.rmtree(tmp, ignore_errors=True)
+        asset_dir.chmod(0o755)
+    denied = out["denied"]
+    assert not denied["success"]
+    assert "Permission denied" in denied["description"]
+    assert str(asset_dir) in denied["description"]
+    assert out["after_denied"]["versions"] == [] and out["after_denied"]["entries"] == []
 
 
 def test_storage_fault_tells_disk_trouble_from_bad_input(tmp_path):
