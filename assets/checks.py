@@ -14,7 +14,7 @@ import pandas as pd
 from assets.resources import RecipeResource, StoreResource
 from nanbeige_data.quality import CheckReport, validate_frame
 from nanbeige_data.recipe import Recipe
-from nanbeige_data.store import Version, VersionedStore
+from nanbeige_data.store.versioned import Version, VersionedStore
 
 
 def committed_version(

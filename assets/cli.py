@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from nanbeige_data.recipe import RECIPE_ENV, RecipeError, load_recipe, resolve_recipe_path
-from nanbeige_data.store import StoreError, VersionedStore
+from nanbeige_data.store.versioned import StoreError, VersionedStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,7 +159,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The FG-WSD plan of a recipe without data or training: stages, steps, tokens, LR."""
-    from nanbeige_data import curriculum
+    from nanbeige_data.pretraining import curriculum
 
     recipe = load_recipe(args.recipe)
     plan = curriculum.plan_curriculum(
@@ -193,7 +193,7 @@ def cmd_stale(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """The versions, code versions and recipe sections behind an asset version."""
-    from nanbeige_data.lineage import lineage, render
+    from nanbeige_data.store.lineage import lineage, render
 
     store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
     tree = lineage(store, args.asset, args.version)
@@ -212,7 +212,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from nanbeige_data.summary import query_store
+    from nanbeige_data.store.queries import query_store
 
     with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60):
         print(query_store(args.store or os.environ.get("NANBEIGE_STORE") or "data/store", args.sql))

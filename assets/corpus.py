@@ -5,9 +5,10 @@ import dagster as dg
 from assets.checks import gx_check
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import code_version, commit, staged
-from nanbeige_data import corpus, summary
+from nanbeige_data.corpus import build as corpus
+from nanbeige_data.corpus import summary
 from nanbeige_data.quality import corpus_frame, corpus_suite
-from nanbeige_data.store import Version
+from nanbeige_data.store.versioned import Version
 
 
 def _provenance(domain: str) -> str:

@@ -10,9 +10,9 @@ import numpy as np
 from assets.checks import version_check
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import _definition_recipe, code_version, commit, staged
-from nanbeige_data import curriculum, tokenization
+from nanbeige_data.pretraining import curriculum, tokenizer as tokenization
 from nanbeige_data.recipe import RECIPE_ENV, Recipe
-from nanbeige_data.store import Version
+from nanbeige_data.store.versioned import Version
 
 GROUP = "curriculum"
 ROUNDTRIP_DOCS_PER_DOMAIN = 50

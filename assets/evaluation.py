@@ -10,11 +10,11 @@ import polars as pl
 from assets.checks import version_check
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import _definition_recipe, code_version, commit, staged
-from nanbeige_data import evalsets
+from nanbeige_data.evaluation import evalsets
 from nanbeige_data.recipe import RECIPE_ENV, Recipe
-from nanbeige_data.store import Version
+from nanbeige_data.store.versioned import Version
 from nanbeige_train import evaluate
-from nanbeige_train.generate import load_engine
+from nanbeige_train.generation.engines import load_engine
 
 GROUP = "eval"
 

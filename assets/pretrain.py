@@ -15,8 +15,9 @@ from assets.curriculum import PLAN_FILE, STAGE_PLAN_FILE, VANILLA_FILE, stage_na
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import code_version, commit, staged
 from nanbeige_data.recipe import Recipe
-from nanbeige_data.store import Version
-from nanbeige_train import export, runner
+from nanbeige_data.store.versioned import Version
+from nanbeige_train import export
+from nanbeige_train.pretrain import stage as runner
 from nanbeige_train.launch import LocalLauncher, TrainingError
 from nanbeige_train.model import ModelShape
 

@@ -8,10 +8,11 @@ import dagster as dg
 from assets.checks import gx_check, version_check
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import code_version, commit, staged
-from nanbeige_data import corpus, decontam, dedup, filters, retrieval, tagging, tiers
+from nanbeige_data.corpus import build as corpus
+from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging, tiers
 from nanbeige_data.quality import corpus_frame, corpus_suite, score_suite, table_frame
 from nanbeige_data.recipe import Recipe
-from nanbeige_data.store import Version
+from nanbeige_data.store.versioned import Version
 
 GROUP = "refinery"
 

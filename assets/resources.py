@@ -9,7 +9,7 @@ import os
 import dagster as dg
 
 from nanbeige_data.recipe import Recipe, load_recipe, resolve_recipe_path
-from nanbeige_data.store import Version, VersionedStore
+from nanbeige_data.store.versioned import Version, VersionedStore
 
 STORE_ENV = "NANBEIGE_STORE"
 DEFAULT_STORE = "data/store"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from nanbeige_data.store import VersionedStore
+from nanbeige_data.store.versioned import VersionedStore
 
 
 @dataclass

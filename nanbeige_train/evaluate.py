@@ -19,7 +19,6 @@ the eval asset's version.
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 import time
@@ -27,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nanbeige_data.verifiers import get_verifier, pass_at_k
-from nanbeige_train.generate import GenerationEngine, SamplingParams
+from nanbeige_data.evaluation.verifiers import get_verifier, pass_at_k
+from nanbeige_train.generation.engines import GenerationEngine, SamplingParams
+from nanbeige_data.report import figure_markdown
 
 CODE_VERSION = "1"
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -180,8 +180,4 @@ def plot_report(summary: Mapping[str, Mapping[str, Any]], out_png, title: str) -
     ax.set_ylabel("score")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.savefig(out_png, dpi=110, bbox_inches="tight")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return figure_markdown(fig, out_png, title)

@@ -1,6 +1,6 @@
 """Launching a training stage: torchrun on this machine, one process per rank.
 
-Assets never build command lines; they hand a :class:`~nanbeige_train.pretrain.StageSpec` to a
+Assets never build command lines; they hand a :class:`~nanbeige_train.pretrain.trainer.StageSpec` to a
 launcher. :class:`LocalLauncher` runs ``torchrun --standalone`` here (gloo on CPU, NCCL on
 GPUs), streams the log to a file and to a progress callback, and turns a failed run into a
 :class:`TrainingError` carrying the log's tail. A cluster launcher (Slurm ``srun torchrun``,
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanbeige_train.pretrain import StageSpec, checkpoints, seed_checkpoint
+from nanbeige_train.pretrain.trainer import StageSpec, checkpoints, seed_checkpoint
 
 CODE_VERSION = "1"
 
@@ -59,7 +59,7 @@ class LocalLauncher:
     def _torchrun(self, spec_path: Path, nproc: int, log: Path, on_line, *extra: str) -> None:
         cmd = [
             self.python, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain", str(spec_path), *extra,
+            f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain.trainer", str(spec_path), *extra,
         ]  # fmt: skip
         env = {
             **os.environ,

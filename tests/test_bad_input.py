@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nanbeige_data.corpus import CorpusError, build_domain
-from nanbeige_data.filters import FilterConfig, filter_domain
+from nanbeige_data.corpus.build import CorpusError, build_domain
+from nanbeige_data.refinery.filters import FilterConfig, filter_domain
 from nanbeige_data.quality import corpus_frame, corpus_suite, validate_frame
 from nanbeige_data.recipe import RecipeError, parse_recipe
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import prose
 
-from nanbeige_data.store import VersionedStore
+from nanbeige_data.store.versioned import VersionedStore
 
 DOMAINS = ("web", "books", "code", "papers")
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanbeige_data.corpus import (
+from nanbeige_data.corpus.build import (
     DOMAINS,
     EMBEDDED_SOURCES,
     SCHEMA,

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nanbeige_data.curriculum import (
+from nanbeige_data.pretraining.curriculum import (
     Plan,
     PlanError,
     apportion,

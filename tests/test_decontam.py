@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from datatrove.data import Document
 
-from nanbeige_data.corpus import SCHEMA, CorpusError, build_domain
-from nanbeige_data.decontam import (
+from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
+from nanbeige_data.refinery.decontam import (
     EVALS_SETS,
     GYM_TASKS,
     DecontamConfig,

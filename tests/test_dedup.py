@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanbeige_data.corpus import SCHEMA, CorpusError, build_domain
-from nanbeige_data.dedup import DedupConfig, DedupStats, dedup_corpus
+from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
+from nanbeige_data.refinery.dedup import DedupConfig, DedupStats, dedup_corpus
 
 BYTES = 200_000
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from nanbeige_data.evalsets import EvalSetError, load_items
+from nanbeige_data.evaluation.evalsets import EvalSetError, load_items
 from nanbeige_train.evaluate import EvalConfig, evaluate
-from nanbeige_train.generate import Sample, SamplingParams
+from nanbeige_train.generation.engines import Sample, SamplingParams
 
 
 def test_builtin_sets_carry_items_license_and_verifier():

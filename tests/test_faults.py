@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nanbeige_data.store import VersionedStore, _hash_dir
+from nanbeige_data.store.versioned import VersionedStore, _hash_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = "deduped"

@@ -12,8 +12,8 @@ import pytest
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
-from nanbeige_data.corpus import DOMAINS, SCHEMA, CorpusError, build_domain
-from nanbeige_data.filters import (
+from nanbeige_data.corpus.build import DOMAINS, SCHEMA, CorpusError, build_domain
+from nanbeige_data.refinery.filters import (
     WORDS,
     CodeQualityFilter,
     FilterConfig,

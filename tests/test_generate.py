@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanbeige_train.generate import SamplingParams, TorchEngine, load_engine
+from nanbeige_train.generation.engines import SamplingParams, TorchEngine, load_engine
 
 PROMPTS = ["What is 7 + 5? Answer with a number.", "Name one colour of the rainbow."]
 
@@ -74,7 +74,7 @@ def test_bad_parameters_and_backends_are_named():
 
 def test_vllm_engine_has_the_same_interface():
     pytest.importorskip("vllm")
-    from nanbeige_train.generate import VLLMEngine
+    from nanbeige_train.generation.engines import VLLMEngine
 
     engine = VLLMEngine("HuggingFaceTB/SmolLM2-135M-Instruct")
     out = engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=8, seed=1))

@@ -17,14 +17,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nanbeige_data.corpus import build_domain
-from nanbeige_data.curriculum import plan_curriculum
+from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.pretraining.curriculum import plan_curriculum
 from nanbeige_data.recipe import load_recipe
-from nanbeige_data.tokenization import TokenizerSpec, train_tokenizer, write_token_shards
+from nanbeige_data.pretraining.tokenizer import TokenizerSpec, train_tokenizer, write_token_shards
 from nanbeige_train.data import MixtureSchedule
 from nanbeige_train.launch import LocalLauncher, TrainingError
 from nanbeige_train.model import ModelShape
-from nanbeige_train.pretrain import StageSpec, checkpoints, read_metrics
+from nanbeige_train.pretrain.trainer import StageSpec, checkpoints, read_metrics
 
 STAGE_TOKENS = [512, 2048, 1024, 1024]  # 2 + 8 + 4 + 2 steps of 4 x 64 (decay: 4 x 128)
 
@@ -213,7 +213,7 @@ def test_a_sigkilled_launcher_leaves_no_orphan_trainer_and_the_stage_resumes(
         [sys.executable, "-c", (
             "import json, sys\n"
             "from nanbeige_train.launch import LocalLauncher\n"
-            "from nanbeige_train.pretrain import StageSpec\n"
+            "from nanbeige_train.pretrain.trainer import StageSpec\n"
             "spec = StageSpec(**json.loads(open(sys.argv[1]).read()))\n"
             "LocalLauncher().run_stage(spec)\n"
         ), str(spec_file)],
@@ -299,7 +299,7 @@ def test_export_loads_in_transformers_with_the_training_logits(data, first_stage
 
 
 def test_loss_check_judges_later_stages_against_where_training_started():
-    from nanbeige_train.pretrain import loss_ok
+    from nanbeige_train.pretrain.trainer import loss_ok
 
     plateau = [{"loss": x} for x in (7.0, 6.9, 7.0, 6.95, 7.1, 7.05, 7.1, 7.1)]
     assert not loss_ok(plateau)[0]  # noisy plateau: its own start is not a fair reference

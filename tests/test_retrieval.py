@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanbeige_data.corpus import DOMAINS, SCHEMA, embedded_documents
-from nanbeige_data.retrieval import (
+from nanbeige_data.corpus.build import DOMAINS, SCHEMA, embedded_documents
+from nanbeige_data.refinery.retrieval import (
     DIM,
     EXEMPLAR_SETS,
     SCORES_FILE,

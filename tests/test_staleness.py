@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from assets.staleness import frontier, staleness
-from nanbeige_data.store import VersionedStore
+from nanbeige_data.store.versioned import VersionedStore
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from nanbeige_data.store import MANIFEST, StoreError, VersionedStore
+from nanbeige_data.store.versioned import MANIFEST, StoreError, VersionedStore
 
 
 def _write(store: VersionedStore, key: str, payload: str, **kw):
@@ -58,7 +58,7 @@ def test_killed_process_leaves_no_visible_version(tmp_path):
     good = _write(store, "raw_web", "good")
     script = textwrap.dedent(f"""
         import os
-        from nanbeige_data.store import VersionedStore
+        from nanbeige_data.store.versioned import VersionedStore
         store = VersionedStore({str(tmp_path)!r})
         with store.stage("raw_web") as staging:
             (staging.path / "part-0.txt").write_text("half written")
@@ -97,7 +97,7 @@ def test_fsspec_memory_store_roundtrip(tmp_path):
 
 
 def test_lineage_walks_back_to_the_exact_input_versions(tmp_path):
-    from nanbeige_data.lineage import ancestors, lineage, markdown, render
+    from nanbeige_data.store.lineage import ancestors, lineage, markdown, render
 
     store = VersionedStore(tmp_path)
     old_raw = _write(store, "raw_web", "a")

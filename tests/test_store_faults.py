@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nanbeige_data.store import StoreError, VersionedStore, storage_fault
+from nanbeige_data.store.versioned import StoreError, VersionedStore, storage_fault
 
 CHILD = Path(__file__).parent / "helpers" / "store_fault.py"
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanbeige_data.corpus import SCHEMA, build_domain
+from nanbeige_data.corpus.build import SCHEMA, build_domain
 from nanbeige_data.recipe import load_recipe
-from nanbeige_data.tagging import (
+from nanbeige_data.refinery.tagging import (
     Dimension,
     JudgeConfig,
     LlmJudge,

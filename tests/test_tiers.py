@@ -6,8 +6,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from nanbeige_data.corpus import build_domain
-from nanbeige_data.tiers import TierConfig, assign_tiers, plot_tiers
+from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.refinery.tiers import TierConfig, assign_tiers, plot_tiers
 
 
 @pytest.fixture(scope="module")

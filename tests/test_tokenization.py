@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from nanbeige_data.corpus import SCHEMA, build_domain
-from nanbeige_data.tokenization import (
+from nanbeige_data.corpus.build import SCHEMA, build_domain
+from nanbeige_data.pretraining.tokenizer import (
     SPECIAL_TOKENS,
     TokenizationError,
     TokenizerSpec,

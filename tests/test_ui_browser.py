@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from nanbeige_data.recipe import RECIPES_DIR
-from nanbeige_data.store import VersionedStore
+from nanbeige_data.store.versioned import VersionedStore
 
 playwright = pytest.importorskip("playwright.sync_api")
 

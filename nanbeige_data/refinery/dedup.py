@@ -66,7 +66,7 @@ from datatrove.pipeline.writers import ParquetWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus import SCHEMA, check_shards
+from nanbeige_data.corpus.build import SCHEMA, check_shards
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input change
 AUDIT_SCHEMA: pa.Schema = SCHEMA.append(pa.field("reason", pa.string())).append(

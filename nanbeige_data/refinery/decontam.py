@@ -44,8 +44,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import ParquetWriter
 
-from nanbeige_data.corpus import SCHEMA, CorpusError
-from nanbeige_data.dedup import corpus_reader, corpus_shards, corpus_writer, run_local
+from nanbeige_data.corpus.build import SCHEMA, CorpusError
+from nanbeige_data.refinery.dedup import corpus_reader, corpus_shards, corpus_writer, run_local
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input and eval sets change
 MIN_SHORT_WORDS = 8  # a shorter-than-ngram item is indexed whole only from this many words

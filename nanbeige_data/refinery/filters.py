@@ -77,7 +77,7 @@ from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.text import PUNCTUATION, TERMINAL_PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus import FIELDS, SCHEMA, check_shards
+from nanbeige_data.corpus.build import FIELDS, SCHEMA, check_shards
 
 log = logging.getLogger(__name__)
 

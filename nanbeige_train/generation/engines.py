@@ -22,47 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanbeige_data.models import GenerationEngine, Sample, SamplingParams
 
 CODE_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.6  # 0 = greedy
-    top_p: float = 0.95
-    max_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got {self.n}, {self.max_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1: {self}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Sample:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" (stop string), "eos", "length"
-
-    @property
-    def logprob(self) -> float:
-        return float(sum(self.logprobs))
-
-
-class GenerationEngine(Protocol):
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Sample]]: ...
-
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]: ...
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -84,7 +49,7 @@ class TorchEngine:
     @classmethod
     def load(cls, spec: str, *, dtype: str = "float32", **kw: Any) -> TorchEngine:
         """A model directory (e.g. ``base_model``), a ``.gguf`` file, or the packaged SmolLM2."""
-        from nanbeige_data.tagging import load_judge_model
+        from nanbeige_data.refinery.tagging import load_judge_model
 
         model, tokenizer = load_judge_model(str(spec), dtype=dtype)
         model.eval()

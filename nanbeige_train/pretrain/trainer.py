@@ -64,7 +64,7 @@ class StageSpec:
 
     def plan_stage(self):
         """(Plan, StagePlan) of this stage, read from the plan JSON."""
-        from nanbeige_data.curriculum import Plan
+        from nanbeige_data.pretraining.curriculum import Plan
 
         plan = Plan.load(self.plan_path)
         for stage in plan.stages:
@@ -84,7 +84,7 @@ def stage_lr_factor(plan, stage, step: int) -> float:
     """LR factor (of lr_peak) at 1-based ``step`` of a plan stage; past the end it holds.
 
     LambdaLR evaluates once more after the last optimizer step; that value is never used."""
-    from nanbeige_data.curriculum import lr_factor
+    from nanbeige_data.pretraining.curriculum import lr_factor
 
     return lr_factor(stage, min(max(step, 1), stage.steps), plan)
 

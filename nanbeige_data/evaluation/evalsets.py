@@ -98,7 +98,7 @@ def _champ() -> Iterator[dict]:
 
 
 def _aime() -> Iterator[dict]:
-    from nanbeige_data.decontam import _package_file
+    from nanbeige_data.refinery.decontam import _package_file
 
     path = _package_file("evals", "registry", "data", "aime_evaluation", "samples.jsonl")
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

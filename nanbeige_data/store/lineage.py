@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanbeige_data.store import StoreError, VersionedStore
+from nanbeige_data.store.versioned import StoreError, VersionedStore
 
 
 @dataclass

@@ -20,7 +20,6 @@ trained tokenizer (token shards), which re-counts every bucket.
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Literal
 
 import duckdb
 import polars as pl
+from nanbeige_data.report import figure_markdown
 
 CODE_VERSION = "2"
 TIERS = ("rejected", "diverse", "high")
@@ -215,10 +215,7 @@ def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
     axes[1].set(xlabel="score (0-9)", title="score components")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    encoded = base64.b64encode(out_png.read_bytes()).decode()
-    return f"![tiers](data:image/png;base64,{encoded})"
+    return figure_markdown(fig, out_png, "tiers")
 
 
 def tier_table_markdown(tier_tokens_path: Path) -> str:

@@ -330,7 +330,7 @@ class _MathHelper:
         _close_helpers_at_exit()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from nanbeige_data.verifiers import _serve_math as s; s()"],
+            [sys.executable, "-c", "from nanbeige_data.evaluation.verifiers import _serve_math as s; s()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # math-verify's log lines

@@ -34,7 +34,6 @@ Decisions and trade-offs:
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from nanbeige_data.recipe import CurriculumConfig, PretrainConfig
+from nanbeige_data.report import figure_markdown
 
 CODE_VERSION = "1"
 LrKind = Literal["warmup", "constant", "decay"]
@@ -553,10 +553,7 @@ def plot_plan(plan: Plan, out_png: Path, compare: Plan | None = None) -> str:
             bbox={"fc": "white", "ec": "none"},
         )
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    encoded = base64.b64encode(Path(out_png).read_bytes()).decode()
-    return f"![curriculum](data:image/png;base64,{encoded})"
+    return figure_markdown(fig, out_png, "curriculum")
 
 
 def _bucket_order(bucket: str) -> tuple:

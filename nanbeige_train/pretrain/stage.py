@@ -13,7 +13,6 @@ of the plan, the checkpoint reloads into the training model and gives finite log
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -27,7 +26,8 @@ import numpy as np
 
 from nanbeige_train.launch import LocalLauncher
 from nanbeige_train.model import ModelShape
-from nanbeige_train.pretrain import StageSpec, loss_ok, read_metrics
+from nanbeige_train.pretrain.trainer import StageSpec, loss_ok, read_metrics
+from nanbeige_data.report import figure_markdown
 
 CODE_VERSION = "1"
 
@@ -262,16 +262,6 @@ def heldout_losses(
 # --- plots -------------------------------------------------------------------------------
 
 
-def _png_markdown(fig, out_png: Path, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(out_png, dpi=110, bbox_inches="tight")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
-
-
 def plot_losses(curves: Mapping[str, list[dict[str, Any]]], out_png: Path, title: str) -> str:
     """Loss over optimizer steps, one line per curve; saved to ``out_png``, returned as markdown."""
     import matplotlib
@@ -288,7 +278,7 @@ def plot_losses(curves: Mapping[str, list[dict[str, Any]]], out_png: Path, title
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=8)
-    return _png_markdown(fig, out_png, title)
+    return figure_markdown(fig, out_png, title)
 
 
 # --- the FG-WSD vs vanilla-WSD ablation ---------------------------------------------------
@@ -376,4 +366,4 @@ def plot_ablation(summary: Mapping[str, Any], curves: Mapping[str, list], out_pn
     lines.set_ylabel("train loss")
     lines.legend(fontsize=7)
     lines.grid(alpha=0.3)
-    return _png_markdown(fig, out_png, "FG-WSD vs vanilla WSD")
+    return figure_markdown(fig, out_png, "FG-WSD vs vanilla WSD")

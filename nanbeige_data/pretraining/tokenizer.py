@@ -574,7 +574,7 @@ def reasoning_heldout() -> list[str]:
 
     The refined corpus was decontaminated against exactly these sets, so they are held out by
     construction; the ablation scores each model's loss on them."""
-    from nanbeige_data.decontam import eval_items
+    from nanbeige_data.refinery.decontam import eval_items
 
     return [
         item.text

@@ -1,0 +1,39 @@
+"""The base of every recipe section: frozen, typo-proof, hashable into a stage's version.
+
+Each stage package defines its own sections in its ``config.py`` (the config its library
+functions take); ``nanbeige_data.recipe`` composes them into one ``Recipe``. Nothing here imports
+a stage, so parsing a recipe stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+# "auto": bf16 where the hardware runs it natively (CUDA, a CPU with AVX512-BF16 or AMX), fp32
+# elsewhere; see nanbeige_data.models.resolve_dtype
+Dtype = Literal["auto", "float32", "bfloat16"]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the field and the reason."""
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys rejected, frozen, hashed into the stages that read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # fields that say how a stage runs, not what it computes: never part of its version
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def version_hash(self) -> str:
+        """Hash of this section's resolved values: what enters a stage's version."""
+        values = self.model_dump(mode="json", exclude=set(self.execution_fields))
+        blob = json.dumps(values, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,46 @@
+"""The evaluation section of the recipe: sets, sampling, verifier limits, the engine."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
+
+
+class EvalSetConfig(Section):
+    name: str
+    path: str | None = None  # a user's JSONL set (prompt, reference[, id]); None = built-in
+    verifier: Literal["math", "choice", "exact", "code"] = "exact"  # for a user's set
+
+
+class EvalConfig(Section):
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"backend", "batch_size"})
+
+    temperature: Annotated[float, Field(ge=0)] = 0.6
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    k: dict[str, PositiveInt] = {"aime": 8, "default": 3}  # samples per item, by set name
+    max_new_tokens: PositiveInt = 32768
+    seed: int = 0
+    sets: list[EvalSetConfig] = [
+        EvalSetConfig(name=n) for n in ("humaneval", "champ", "aime", "gsm_symbolic", "arithmetic")
+    ]
+    max_items: PositiveInt | None = None  # per set (None: all)
+    reference_model: str = "smollm2-135m-instruct"  # packaged GGUF, a .gguf or a HF model dir
+    code_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    code_memory_mb: PositiveInt = 512
+    backend: Literal["torch", "vllm"] = "torch"
+    batch_size: PositiveInt = 8
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # generation dtype (bf16: ~3x on CPU)
+
+    @field_validator("sets")
+    @classmethod
+    def _unique_sets(cls, v: list[EvalSetConfig]) -> list[EvalSetConfig]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval set names must be unique, got {names}")
+        return v
+
+    def k_for(self, name: str) -> int:
+        return self.k.get(name, self.k.get("default", 1))
