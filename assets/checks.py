@@ -3,7 +3,8 @@
     gx_check("raw_web", suite=lambda r: corpus_suite(...), frame=corpus_frame)
 
 makes a blocking check that validates the version the asset just committed; a failure stops
-everything downstream in the same run and shows counts and failing examples as metadata.
+everything downstream in the same run, shows counts and failing examples as metadata, and says
+in its description which documents failed (id, and file:line for user files).
 """
 
 from collections.abc import Callable
@@ -31,10 +32,11 @@ def committed_version(
 
 def report_metadata(report: CheckReport) -> dict:
     failures = {
-        f"{r.expectation}[{r.column or ''}]": {
+        r.name: {
             "unexpected": r.unexpected_count,
             "of": r.element_count,
             "examples": [str(x)[:200] for x in r.examples[:5]],
+            "rows": r.rows,  # which documents: id, and file/line for user files
         }
         for r in report.failures
     }
@@ -51,20 +53,23 @@ def version_check(
     asset: str,
     *,
     name: str,
-    evaluate: Callable[[Version, Recipe], tuple[bool, dict]],
+    evaluate: Callable[[Version, Recipe], tuple[bool, dict] | tuple[bool, dict, str]],
     description: str = "",
 ) -> dg.AssetChecksDefinition:
-    """A blocking check computed by a plain function of the committed version and the recipe."""
+    """A blocking check computed by a plain function of the committed version and the recipe;
+    ``evaluate`` returns (passed, metadata) or (passed, metadata, what-failed text)."""
 
     @dg.asset_check(asset=asset, name=name, blocking=True, description=description)
     def _check(
         context: dg.AssetCheckExecutionContext, recipe: RecipeResource, store: StoreResource
     ) -> dg.AssetCheckResult:
         version = committed_version(context, store.open(), dg.AssetKey(asset))
-        passed, metadata = evaluate(version, recipe.load())
-        context.log.info(f"{asset}:{name} {'passed' if passed else 'FAILED'} {metadata}")
+        passed, metadata, *said = evaluate(version, recipe.load())
+        context.log.debug(f"{asset}:{name} {'passed' if passed else 'FAILED'} {metadata}")
         return dg.AssetCheckResult(
-            passed=bool(passed), metadata={"version_id": version.version_id, **metadata}
+            passed=bool(passed),
+            metadata={"version_id": version.version_id, **metadata},
+            description=said[0] if said and not passed else None,
         )
 
     return _check
@@ -80,8 +85,8 @@ def gx_check(
 ) -> dg.AssetChecksDefinition:
     """A blocking asset check that runs a GE suite on a frame built from the asset's version."""
 
-    def evaluate(version: Version, recipe: Recipe) -> tuple[bool, dict]:
+    def evaluate(version: Version, recipe: Recipe) -> tuple[bool, dict, str]:
         report = validate_frame(frame(version), suite(recipe), suite_name=f"{asset}.{name}")
-        return report.success, report_metadata(report)
+        return report.success, report_metadata(report), report.description()
 
     return version_check(asset, name=name, evaluate=evaluate, description=description)

@@ -25,6 +25,30 @@ from nanbeige_data.store.versioned import StoreError, VersionedStore
 REPO = Path(__file__).resolve().parent.parent
 
 
+class UsageError(ValueError):
+    """A command line that cannot run (a bad --select); reported as one line, exit status 2."""
+
+
+def _open_store(root: str | None) -> VersionedStore:
+    """The store at ``--store``, else $NANBEIGE_STORE, else data/store (the one place that
+    default is read), checked now: a root that cannot be opened or written is a StoreError."""
+    from assets.resources import default_store_root
+
+    url = root or default_store_root()
+    try:
+        store = VersionedStore(url)
+    except (ValueError, ImportError, OSError) as exc:  # unknown protocol, missing fsspec driver
+        raise StoreError(f"cannot open the store at {url}: {exc}") from None
+    if store.is_local:
+        try:
+            Path(store.root).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store at {url}: {exc.strerror or exc}") from None
+        if not os.access(store.root, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot open the store at {url}: not writable (permission denied)")
+    return store
+
+
 def _use_recipe(ref: str | None) -> None:
     if ref:
         os.environ[RECIPE_ENV] = str(resolve_recipe_path(ref))
@@ -34,35 +58,59 @@ def _use_recipe(ref: str | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     _use_recipe(args.recipe)
     recipe = load_recipe()  # fail before any asset runs
+    from assets.console import quiet_framework_warnings
+
+    quiet_framework_warnings()
     import dagster as dg
 
     from assets.definitions import defs
-    from assets.resources import default_store_root
+    from assets.resources import STORE_ENV
 
-    store_root = args.store or default_store_root()
-    os.environ["NANBEIGE_STORE"] = store_root
+    store = _open_store(args.store)
+    os.environ[STORE_ENV] = store.url
+    keys = _selection(defs, args.select)
     print(
-        f"recipe {recipe.name} ({resolve_recipe_path()}); store {store_root}; "
+        f"recipe {recipe.name} ({resolve_recipe_path()}); store {store.url}; "
         f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}",
         flush=True,
     )
     job = defs.resolve_job_def("main")
-    keys = None
-    if args.select:
-        graph = defs.resolve_asset_graph()
-        keys = list(dg.AssetSelection.from_string(args.select).resolve(graph))
     if args.stale:
-        return _run_stale(defs, job, VersionedStore(store_root), keys, args.log_level)
+        return _run_stale(defs, job, store, keys, args.log_level)
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=keys,
-            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        )
-        print(_summary([result], VersionedStore(store_root), time.monotonic() - started))
+        result = _execute(job, instance, keys or _selection(defs, "*"), args.log_level)
+        print(_summary([result], store, time.monotonic() - started))
     return 0 if result.success else 1
+
+
+def _selection(defs, select: str | None) -> list | None:
+    """The asset keys a --select string names; a bad string or an empty match is a UsageError."""
+    if not select:
+        return None
+    import dagster as dg
+
+    try:
+        keys = dg.AssetSelection.from_string(select).resolve(defs.resolve_asset_graph())
+    except dg.DagsterError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"invalid --select {select!r}: {first}") from None
+    if not keys:
+        raise UsageError(f"--select {select!r} matches no asset (try 'group:corpus' or 'raw_web+')")
+    return sorted(keys, key=lambda k: k.to_user_string())
+
+
+def _execute(job, instance, keys: list, log_level: str):
+    """One in-process run of ``keys`` with the quiet console (assets/console.py)."""
+    from assets.console import console_logger, run_config
+
+    names = [k.to_python_identifier() for k in keys]
+    return job.with_logger_defs({"console": console_logger}).execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=keys,
+        run_config=run_config(log_level, names),
+    )
 
 
 def _run_stale(defs, job, store: VersionedStore, keys, log_level: str) -> int:
@@ -91,12 +139,7 @@ def _run_stale(defs, job, store: VersionedStore, keys, log_level: str) -> int:
                 f"{', '.join(ready)}",
                 flush=True,
             )
-            result = job.execute_in_process(
-                instance=instance,
-                raise_on_error=False,
-                asset_selection=[dg.AssetKey(k) for k in ready],
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            )
+            result = _execute(job, instance, [dg.AssetKey(k) for k in ready], log_level)
             results.append(result)
             done += ready
             if not result.success:
@@ -110,6 +153,8 @@ def _run_stale(defs, job, store: VersionedStore, keys, log_level: str) -> int:
 
 
 def _summary(results: list, store: VersionedStore, seconds: float) -> str:
+    import dagster as dg
+
     success = all(r.success for r in results)
     runs = ", ".join(r.run_id for r in results)
     lines = [
@@ -131,13 +176,18 @@ def _summary(results: list, store: VersionedStore, seconds: float) -> str:
         )
     checks = [ev for r in results for ev in r.get_asset_check_evaluations()]
     if checks:
-        lines.append("checks:")
-        for ev in checks:
-            mark = "passed" if ev.passed else "FAILED"
-            lines.append(f"  {ev.asset_key.to_user_string()}:{ev.check_name} {mark}")
-    failed = [e for r in results for e in r.all_events if e.is_step_failure]
-    for ev in failed:
-        lines.append(f"step failed: {ev.step_key}: {ev.step_failure_data.error.message.strip()}")
+        bad = [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in checks if not e.passed]
+        lines.append(
+            f"checks: {len(checks) - len(bad)} passed"
+            + (f", {len(bad)} FAILED ({', '.join(bad)})" if bad else "")
+        )
+    failed = [e.step_key for r in results for e in r.all_events if e.is_step_failure]
+    if failed:  # each one's description was printed once, when it failed
+        lines.append(f"failed: {', '.join(failed)} (reasons above)")
+    planned = {k for r in results for k in (r.dagster_run.asset_selection or ())}
+    made = {e.asset_key for e in events} | {dg.AssetKey(k) for k in failed}
+    if not_run := sorted(k.to_user_string() for k in planned - made):
+        lines.append(f"not run (an upstream step failed): {', '.join(not_run)}")
     lines += [
         "",
         f"store: {store.url}   (each version has a manifest.json with its lineage)",
@@ -182,12 +232,13 @@ def cmd_stale(args: argparse.Namespace) -> int:
     """Which assets are stale or missing, and why (code, data, upstream)."""
     _use_recipe(args.recipe)
     load_recipe()
+    from assets.console import quiet_framework_warnings
+
+    quiet_framework_warnings()
     from assets.definitions import defs
-    from assets.resources import default_store_root
     from assets.staleness import render, staleness
 
-    store = VersionedStore(args.store or default_store_root())
-    print(render(staleness(defs, store), show_fresh=args.all))
+    print(render(staleness(defs, _open_store(args.store)), show_fresh=args.all))
     return 0
 
 
@@ -195,15 +246,13 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     """The versions, code versions and recipe sections behind an asset version."""
     from nanbeige_data.store.lineage import lineage, render
 
-    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
-    tree = lineage(store, args.asset, args.version)
+    tree = lineage(_open_store(args.store), args.asset, args.version)
     print(json.dumps(tree.as_dict(), indent=2) if args.json else render(tree))
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
-    for v in store.versions(args.asset):
+    for v in _open_store(args.store).versions(args.asset):
         counts = " ".join(f"{k}={n}" for k, n in v.manifest.get("counts", {}).items())
         print(f"{v.version_id}  {v.manifest['created_at']}  {counts}")
     return 0
@@ -215,12 +264,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from nanbeige_data.store.queries import query_store
 
     with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60):
-        print(query_store(args.store or os.environ.get("NANBEIGE_STORE") or "data/store", args.sql))
+        print(query_store(_open_store(args.store).url, args.sql))
     return 0
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    store = VersionedStore(args.store or os.environ.get("NANBEIGE_STORE") or "data/store")
+    store = _open_store(args.store)
     v = store.get(args.asset, args.version) if args.version else store.require(args.asset)
     print(json.dumps(v.manifest, indent=2))
     return 0
@@ -275,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (RecipeError, StoreError) as exc:
+    except (RecipeError, StoreError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

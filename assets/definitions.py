@@ -5,8 +5,11 @@ import os
 import dagster as dg
 
 from assets import curriculum, evaluation, pretrain, refinery
+from assets.console import quiet_framework_warnings
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
 from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
+
+quiet_framework_warnings()  # Dagster's beta/preview API notices, for `dagster dev` runs too
 
 ALL_ASSETS = [
     *RAW_ASSETS,

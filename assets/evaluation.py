@@ -1,7 +1,6 @@
 """The eval group: evalset_<name> (one asset per evaluation set) and eval_<model> reports for
 the pretrained base model and the packaged reference model (SmolLM2-135M-Instruct)."""
 
-import json
 import os
 
 import dagster as dg
@@ -9,12 +8,11 @@ import polars as pl
 
 from assets.checks import version_check
 from assets.resources import RecipeResource, StoreResource
-from assets.versioning import _definition_recipe, code_version, commit, staged
+from assets.versioning import _definition_recipe, code_version, materialize
 from nanbeige_data.evaluation import evalsets
 from nanbeige_data.recipe import RECIPE_ENV, Recipe
 from nanbeige_data.store.versioned import Version
 from nanbeige_train import evaluate
-from nanbeige_train.generation.engines import load_engine
 
 GROUP = "eval"
 
@@ -30,33 +28,17 @@ def evalset_asset(name: str) -> dg.AssetsDefinition:
     def _set(
         context: dg.AssetExecutionContext, recipe: RecipeResource, store: StoreResource
     ) -> dg.Output[Version]:
-        rcp, vstore = recipe.load(), store.open()
-        cfg = next((s for s in rcp.eval.sets if s.name == name), None)
-        with staged(vstore, context) as stage:
-            try:
-                items, info = evalsets.load_items(
-                    name,
-                    path=cfg.path if cfg else None,
-                    verifier=cfg.verifier if cfg else "exact",
-                    max_items=rcp.eval.max_items,
-                )
-            except evalsets.EvalSetError as exc:
-                raise dg.Failure(description=f"evalset_{name}: {exc}") from exc
-            evalsets.write_items(items, stage.path / "items.jsonl")
-            return commit(
+        try:
+            return materialize(
                 context,
-                vstore,
-                stage,
-                recipe=rcp,
-                section="eval",
-                counts={"items": info.items, "available": info.available},
-                metadata={
-                    "license": info.license,
-                    "source": info.source,
-                    "verifier": info.verifier,
-                },
-                extra={"info": info.as_dict()},
+                recipe,
+                store,
+                "eval",
+                {},
+                lambda rcp, out: evalsets.build_set(name, rcp.eval, out.path),
             )
+        except evalsets.EvalSetError as exc:
+            raise dg.Failure(description=f"evalset_{name}: {exc}") from exc
 
     return _set
 
@@ -70,58 +52,34 @@ SET_ASSETS = [evalset_asset(name) for name in SETS]
 SET_INS = {f"evalset_{n}": dg.AssetIn(f"evalset_{n}") for n in SETS}
 
 
-def _run_eval(
+def _evaluate(
     context: dg.AssetExecutionContext,
-    rcp: Recipe,
+    recipe: RecipeResource,
     store: StoreResource,
-    model_spec: str,
-    chat: bool,
-    label: str,
     inputs: dict[str, Version],
+    chat: bool,
+    model: str | None = None,
+    label: str | None = None,
 ) -> dg.Output[Version]:
-    vstore = store.open()
-    e = rcp.eval
-    config = evaluate.EvalConfig(
-        temperature=e.temperature,
-        top_p=e.top_p,
-        k=dict(e.k),
-        max_new_tokens=e.max_new_tokens,
-        seed=e.seed,
-        chat=chat,
-        code_timeout_s=e.code_timeout_s,
-        code_memory_mb=e.code_memory_mb,
+    """materialize() around evaluate.evaluate_model (model None: the recipe's reference model),
+    its progress lines into the run's log."""
+    set_dirs = {n: inputs[f"evalset_{n}"].local_path for n in SETS}
+    return materialize(
+        context,
+        recipe,
+        store,
+        "eval",
+        inputs,
+        lambda rcp, out: evaluate.evaluate_model(
+            model or rcp.eval.reference_model,
+            set_dirs,
+            rcp.eval,
+            out.path,
+            chat=chat,
+            label=label or rcp.eval.reference_model,
+            progress=context.log.info,
+        ),
     )
-    sets = {
-        key.removeprefix("evalset_"): evalsets.read_items(v.local_path / "items.jsonl")
-        for key, v in inputs.items()
-        if key.startswith("evalset_")
-    }
-    engine = load_engine(
-        model_spec, backend=e.backend, batch_size=e.batch_size, chat=chat, dtype=e.dtype
-    )
-    with staged(vstore, context) as stage:
-        rows, summary = evaluate.evaluate(engine, sets, config, log=context.log.info)
-        pl.DataFrame(rows).write_parquet(stage.path / "results.parquet")
-        (stage.path / "summary.json").write_text(json.dumps(summary, indent=2))
-        report = evaluate.report_markdown(label, summary)
-        (stage.path / "report.md").write_text(report)
-        plot = evaluate.plot_report(summary, stage.path / "report.png", label)
-        return commit(
-            context,
-            vstore,
-            stage,
-            recipe=rcp,
-            section="eval",
-            inputs=inputs,
-            counts={"samples": len(rows), "items": sum(s["items"] for s in summary.values())},
-            metadata={
-                "report": dg.MetadataValue.md(report),
-                "plot": dg.MetadataValue.md(plot),
-                **{f"{n}_avg@{s['k']}": round(s["avg"], 4) for n, s in summary.items()},
-                "config": dg.MetadataValue.json(config.as_dict()),
-            },
-            extra={"summary": summary, "config": config.as_dict(), "model": model_spec},
-        )
 
 
 @dg.asset(
@@ -140,9 +98,8 @@ def eval_base_model(
     **sets: Version,
 ) -> dg.Output[Version]:
     inputs = {"base_model": base_model, **sets}
-    return _run_eval(
-        context, recipe.load(), store, str(base_model.local_path), False, "base_model", inputs
-    )
+    path = str(base_model.local_path)
+    return _evaluate(context, recipe, store, inputs, chat=False, model=path, label="base_model")
 
 
 @dg.asset(
@@ -160,16 +117,13 @@ def eval_reference_model(
     store: StoreResource,
     **sets: Version,
 ) -> dg.Output[Version]:
-    rcp = recipe.load()
-    return _run_eval(
-        context, rcp, store, rcp.eval.reference_model, True, rcp.eval.reference_model, sets
-    )
+    return _evaluate(context, recipe, store, sets, chat=True)
 
 
 def _complete(version: Version, rcp: Recipe) -> tuple[bool, dict]:
     """Every item got its k samples and every sample a verdict."""
     summary = version.manifest["extra"]["summary"]
-    rows = pl.read_parquet(version.local_path / "results.parquet")
+    rows = pl.read_parquet(version.local_path / evaluate.RESULTS_FILE)
     expected = sum(s["items"] * s["k"] for s in summary.values())
     missing = rows.filter(pl.col("reason").is_null()).height
     return rows.height == expected and missing == 0, {"samples": rows.height, "expected": expected}

@@ -41,36 +41,32 @@ def _identifier(key: dg.AssetKey) -> str:
 def staleness(defs: dg.Definitions, store: VersionedStore) -> dict[str, Status]:
     """Status of every asset in ``defs``, in topological order."""
     graph = defs.resolve_asset_graph()
-    order = graph.toposorted_asset_keys
     out: dict[str, Status] = {}
-    for key in order:
-        name = _identifier(key)
-        node = graph.get(key)
-        parents = [_identifier(p) for p in node.parent_keys if _identifier(p) in out]
-        latest = store.latest(name)
-        if latest is None:
-            out[name] = Status(name, "missing", ["never materialized"], parents)
-            continue
-        reasons = []
-        recorded = latest.manifest.get("code_version", "")
-        if node.code_version and recorded != node.code_version:
-            reasons.append(f"code: {recorded or '-'} -> {node.code_version}")
-        inputs = latest.manifest.get("inputs", {})
-        upstream = []
-        for parent in sorted(node.parent_keys, key=_identifier):
-            pname = _identifier(parent)
-            if pname not in out:
-                continue  # not an asset of this graph
-            parent_latest = store.latest(pname)
-            used = inputs.get(pname, {})
-            if parent_latest is not None and used.get("data_version") != parent_latest.data_version:
-                was = used.get("version_id") or "-"
-                reasons.append(f"data: {pname} {was} -> {parent_latest.version_id}")
-            if out[pname].state != "fresh":
-                upstream.append(f"upstream: {pname} is {out[pname].state}")
-        state = "stale" if reasons else "pending" if upstream else "fresh"
-        out[name] = Status(name, state, reasons + upstream, parents)
+    for key in graph.toposorted_asset_keys:
+        out[_identifier(key)] = _status(graph.get(key), store, out)
     return out
+
+
+def _status(node, store: VersionedStore, known: dict[str, Status]) -> Status:
+    """One asset's status; ``known`` holds its parents' (those of this graph)."""
+    name = _identifier(node.key)
+    parents = sorted(p for p in map(_identifier, node.parent_keys) if p in known)
+    latest = store.latest(name)
+    if latest is None:
+        return Status(name, "missing", ["never materialized"], parents)
+    reasons = []
+    recorded = latest.manifest.get("code_version", "")
+    if node.code_version and recorded != node.code_version:
+        reasons.append(f"code: {recorded or '-'} -> {node.code_version}")
+    inputs = latest.manifest.get("inputs", {})
+    for parent in parents:
+        parent_latest, used = store.latest(parent), inputs.get(parent, {})
+        if parent_latest is not None and used.get("data_version") != parent_latest.data_version:
+            was = used.get("version_id") or "-"
+            reasons.append(f"data: {parent} {was} -> {parent_latest.version_id}")
+    upstream = [f"upstream: {p} is {known[p].state}" for p in parents if known[p].state != "fresh"]
+    state = "stale" if reasons else "pending" if upstream else "fresh"
+    return Status(name, state, reasons + upstream, parents)
 
 
 def frontier(report: dict[str, Status]) -> list[str]:

@@ -12,31 +12,30 @@ it reads, so a recipe change marks exactly the assets that read that section sta
 """
 
 import contextlib
-import functools
-import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 
-from assets.resources import RecipeResource, StoreResource
+from assets.resources import RecipeResource, StoreResource, definition_recipe, recipe_at
 from nanbeige_data.corpus.build import CorpusError
+from nanbeige_data.recipe import Recipe, RecipeError
 from nanbeige_data.report import Report
 from nanbeige_data.store.lineage import lineage, markdown
-from nanbeige_data.recipe import RECIPE_ENV, Recipe, RecipeError, load_recipe
 from nanbeige_data.store.versioned import Staging, StoreError, Version, VersionedStore
 
 
 def code_version(module_version: str, *sections: str) -> str:
-    """Definition-time code version: module version + the sections' hash in the env recipe."""
-    recipe = _definition_recipe(os.environ.get(RECIPE_ENV, ""))
-    return f"{module_version}+{recipe.section_hash(*sections)}"
+    """Definition-time code version: module version + the sections' hash in the recipe the
+    Definitions are built from ($NANBEIGE_RECIPE; see assets.resources, one recipe per code
+    location)."""
+    return f"{module_version}+{definition_recipe().section_hash(*sections)}"
 
 
-@functools.lru_cache(maxsize=8)
-def _definition_recipe(ref: str) -> Recipe:
-    """The recipe the Definitions are built from, parsed once per reference (not per asset)."""
-    return load_recipe(ref or None)
+def _definition_recipe(ref: str = "") -> Recipe:
+    """The recipe the Definitions are built from (``ref`` as $NANBEIGE_RECIPE would be),
+    parsed once per file content; prefer ``assets.resources.definition_recipe()``."""
+    return recipe_at(ref)
 
 
 INPUT_ERRORS = (CorpusError, RecipeError, StoreError)

@@ -22,7 +22,8 @@ generated tokens over (median interval between model calls x model calls), which
 spells of another process taking a core (and leaves out the cached prefill's extra cost).
 Greedy agreement: with temperature 0 each method produces token ids for each prompt; the
 report counts the prompts whose ids equal transformers' and the shortest common prefix.
-Results go to ``benchmarks/results/generate.json`` (``--out``). ``--quick``: 2 prompts, 16
+Results go to ``benchmarks/results/generate.json`` (``--out``), the printed tables beside it
+as ``.md``, with the machine facts of ``benchmarks/common.py``. ``--quick``: 2 prompts, 16
 tokens.
 """
 
@@ -30,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import common  # noqa: E402
 from nanbeige_train import compat  # noqa: E402
 
 compat.isolate_imports()  # before anything can import TensorFlow (see compat, item 3)
@@ -57,18 +57,8 @@ LABELS = {
 
 
 def machine() -> dict:
-    import torch
-    import transformers
-
-    return {
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "vllm": importlib.util.find_spec("vllm") is not None,
-    }
+    facts = common.machine(packages=("torch", "transformers"))
+    return {**facts, "vllm": importlib.util.find_spec("vllm") is not None}
 
 
 def load_prompts(count: int) -> list[str]:
@@ -238,19 +228,20 @@ def vllm_engine(dtype: str):
 def print_section(dtype: str, section: dict, prompts: int) -> None:
     rows, base = section["rows"], section["rows"]["transformers_generate"]
     print(f"\n### {dtype}\n")
-    print(
-        "| method | tokens/s | vs generate | vs no cache | median-step tokens/s | vs generate "
-        "| seconds | tokens | hit max |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = (
+        "method", "tokens/s", "vs generate", "vs no cache", "median-step tokens/s",
+        "vs generate", "seconds", "tokens", "hit max",
+    )  # fmt: skip
+    table = []
     for method, r in rows.items():
         tps, med = r["tokens_per_second"], r["median_step_tokens_per_second"]
-        print(
-            f"| {LABELS[method]} | {tps:,.1f} | {tps / base['tokens_per_second']:.2f} "
-            f"| {tps / rows['engine_no_cache']['tokens_per_second']:.2f} | {med:,.1f} "
-            f"| {med / base['median_step_tokens_per_second']:.2f} | {r['seconds']:.1f} "
-            f"| {r['tokens']} | {r['hit_max_tokens']}/{prompts} |"
-        )
+        table.append((
+            LABELS[method], f"{tps:,.1f}", f"{tps / base['tokens_per_second']:.2f}",
+            f"{tps / rows['engine_no_cache']['tokens_per_second']:.2f}", f"{med:,.1f}",
+            f"{med / base['median_step_tokens_per_second']:.2f}", f"{r['seconds']:.1f}",
+            r["tokens"], f"{r['hit_max_tokens']}/{prompts}",
+        ))  # fmt: skip
+    print(common.md_table(header, table, "l" + "r" * 8))
     g = section["greedy"]
     parts = [
         f"{LABELS[m].split(' (')[0]} {a['identical']}/{prompts} "
@@ -277,9 +268,7 @@ def main() -> None:
         "--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"]
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens")
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "benchmarks" / "results" / "generate.json"
-    )
+    parser.add_argument("--out", type=Path, default=common.results_path("generate"))
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.max_tokens = 2, 16
@@ -299,25 +288,27 @@ def main() -> None:
     }
     report["sections"] = {d: bench_dtype(d, prompts, args) for d in args.dtypes}
     report["total_seconds"] = time.perf_counter() - started
-    m, s = report["machine"], report["settings"]
-    print(
-        f"\nmachine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} ({m['torch_threads']} "
-        f"threads), transformers {m['transformers']}, python {m['python']}"
-    )
+    with common.printed() as text:
+        print_report(report, len(prompts))
+    written = common.write_results(args.out, report, text.getvalue())
+    where = ", ".join(map(str, written))
+    print(f"\nbenchmark took {report['total_seconds']:.0f}s; written {where}")
+
+
+def print_report(report: dict, prompts: int) -> None:
+    s = report["settings"]
+    print("\n" + common.machine_line(report["machine"]))
     print(
         f"{MODEL}, {s['prompts']}; n=1, temperature 0.6, top_p 0.95, max_tokens "
         f"{s['max_tokens']}, batch {s['batch_size']}; one warm-up call per method"
     )
     for dtype, section in report["sections"].items():
-        print_section(dtype, section, len(prompts))
+        print_section(dtype, section, prompts)
     loads = {
         d: [round(r["load_average_1min_before"], 2) for r in sec["rows"].values()]
         for d, sec in report["sections"].items()
     }
     print(f"\n1-min load average before each timed call: {loads}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nbenchmark took {report['total_seconds']:.0f}s; written {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,15 @@ What a user does, through the CLI, in a temporary store and DAGSTER_HOME:
 
 Printed: wall times, the ratio full / re-run, the assets re-materialized and the assets left
 alone. The re-materialized set is compared with the graph: every asset downstream of what
-reads the changed section must be there, and nothing else. Results (with the machine's
-cores and load) go to ``benchmarks/results/incremental.json``.
+reads the changed section must be there, and nothing else. Results (with the machine facts
+of ``benchmarks/common.py``) go to ``benchmarks/results/incremental.json``, the printed
+summary beside it as ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -33,7 +32,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 NANBEIGE = Path(sys.executable).parent / "nanbeige"
+
+from benchmarks import common  # noqa: E402
 
 
 def change_decay_mixture(raw: dict) -> str:
@@ -81,8 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="tiny")
     parser.add_argument("--field", choices=sorted(FIELDS), default="decay-mixture")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "incremental.json"))
+    parser.add_argument("--out", type=Path, default=common.results_path("incremental"))
     args = parser.parse_args()
+    machine = common.machine(packages=("torch", "dagster"))
+    print(common.machine_line(machine))
 
     from nanbeige_data.recipe import resolve_recipe_path
 
@@ -129,19 +133,26 @@ def main() -> None:
         "rematerialized": redone,
         "rounds": rounds,
         "untouched": untouched,
-        "cores": os.cpu_count(),
         "load_before": round(load, 2),
-        "python": platform.python_version(),
+        "machine": machine,
     }
+    with common.printed() as text:
+        print_result(result)
     print(
-        f"\nfull main job {full_s:.0f} s; re-run after the change {rerun_s:.0f} s "
-        f"({result['ratio_full_over_rerun']}x faster); nothing-stale check {noop_s:.0f} s"
+        f"results: {', '.join(map(str, common.write_results(args.out, result, text.getvalue())))}"
     )
-    print(f"re-materialized {len(redone)} of {len(built)}: {', '.join(redone)}")
-    print(f"left alone: {', '.join(untouched)}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {args.out}")
+
+
+def print_result(result: dict) -> None:
+    print(common.machine_line(result["machine"]))
+    print(
+        f"\nfull main job {result['full_s']:.0f} s; re-run after the change "
+        f"{result['rerun_s']:.0f} s ({result['ratio_full_over_rerun']}x faster); "
+        f"nothing-stale check {result['noop_s']:.0f} s"
+    )
+    redone, total = result["rematerialized"], result["assets_total"]
+    print(f"re-materialized {len(redone)} of {total}: {', '.join(redone)}")
+    print(f"left alone: {', '.join(result['untouched'])}")
 
 
 if __name__ == "__main__":

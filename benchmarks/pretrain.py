@@ -29,7 +29,8 @@ Tokenization, on the refined corpus in the store (newest ``decontaminated`` and
 ``train_tokenizer`` at vocab 8192 (seconds, chars/token), ``write_token_shards`` (tokens/s
 end to end: DuckDB join, split, shuffle, encode, write) against bare ``encode_documents`` on
 the same kept texts. All scratch lives in a temp directory; results go to
-``benchmarks/results/pretrain.json`` (``--out``).
+``benchmarks/results/pretrain.json`` (``--out``), the printed tables beside it as ``.md``,
+with the machine facts of ``benchmarks/common.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import common  # noqa: E402
 from nanbeige_train import compat  # noqa: E402
 
 compat.isolate_imports()  # before anything can import TensorFlow (see compat, item 3)
@@ -59,18 +60,7 @@ DOMAINS = ("web", "books", "code", "papers")
 
 
 def machine() -> dict:
-    import importlib.metadata as md
-
-    import torch
-
-    return {
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchtitan": md.version("torchtitan"),
-        "torch_threads_default": torch.get_num_threads(),
-    }
+    return common.machine(packages=("torch", "torchtitan"))
 
 
 # --------------------------------------------------------------------------- corpus
@@ -406,7 +396,7 @@ def stage_spec(rcp, shape, plan_path: Path, shards: Path, tok_dir: Path, work: P
 # --------------------------------------------------------------------------- report
 
 
-def _training_rows(training: dict) -> list[str]:
+def _training_rows(training: dict) -> list[tuple]:
     base = training["plain"]
     rows = []
     for key, r in training.items():
@@ -417,15 +407,15 @@ def _training_rows(training: dict) -> list[str]:
             label, threads = f"torchtitan, {ranks}", f"{r['threads_per_rank']}/rank"
             startup = f"{r['to_first_step_s']:.1f}"
         mean, median = r["tokens_per_second"], r["median_step_tokens_per_second"]
-        rows.append(
-            f"| {label} | {threads} | {mean:,.0f} | {mean / base['tokens_per_second']:.2f} "
-            f"| {median:,.0f} | {median / base['median_step_tokens_per_second']:.2f} "
-            f"| {r['wall_s']:.1f} | {startup} |"
-        )
+        rows.append((
+            label, threads, f"{mean:,.0f}", f"{mean / base['tokens_per_second']:.2f}",
+            f"{median:,.0f}", f"{median / base['median_step_tokens_per_second']:.2f}",
+            f"{r['wall_s']:.1f}", startup,
+        ))  # fmt: skip
     return rows
 
 
-def _tokenization_rows(tok: dict) -> list[str]:
+def _tokenization_rows(tok: dict) -> list[tuple]:
     enc, shards, trained = (
         tok["encode_documents"],
         tok["write_token_shards"],
@@ -433,31 +423,27 @@ def _tokenization_rows(tok: dict) -> list[str]:
     )
     ratio = shards["tokens_per_second"] / enc["tokens_per_second"]
     return [
-        f"| encode_documents (baseline) | {enc['tokens_per_second']:,.0f} | 1.00 "
-        f"| {enc['seconds']:.2f} |",
-        f"| write_token_shards | {shards['tokens_per_second']:,.0f} | {ratio:.2f} "
-        f"| {shards['seconds']:.2f} |",
-        f"| train_tokenizer (vocab {trained['vocab_size']}) | - | - | {trained['seconds']:.2f} |",
-    ]
+        ("encode_documents (baseline)", f"{enc['tokens_per_second']:,.0f}", "1.00",
+         f"{enc['seconds']:.2f}"),
+        ("write_token_shards", f"{shards['tokens_per_second']:,.0f}", f"{ratio:.2f}",
+         f"{shards['seconds']:.2f}"),
+        (f"train_tokenizer (vocab {trained['vocab_size']})", "-", "-",
+         f"{trained['seconds']:.2f}"),
+    ]  # fmt: skip
 
 
 def print_report(report: dict) -> None:
     m, s, tok = report["machine"], report["settings"], report["tokenization"]
-    print(
-        f"\nmachine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}, torchtitan "
-        f"{m['torchtitan']}, python {m['python']}; default torch threads "
-        f"{m['torch_threads_default']}"
-    )
+    print("\n" + common.machine_line(m))
     print(
         f"model dim {s['dim']}, {s['n_layers']} layers, vocab {s['vocab_size']}; batch "
         f"{s['batch']} x {s['seq_len']}, fp32, {s['steps']} steps ({s['warmup']} warm-up)\n"
     )
-    print(
-        "| training | threads | tokens/s | vs plain | median step tokens/s | vs plain "
-        "| wall s | to first step s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(_training_rows(report["training"])))
+    header = (
+        "training", "threads", "tokens/s", "vs plain", "median step tokens/s", "vs plain",
+        "wall s", "to first step s",
+    )  # fmt: skip
+    print(common.md_table(header, _training_rows(report["training"]), "l" + "r" * 7))
     loads = {
         k: [round(x["load_average_1min_before"], 1) for x in r["runs"]]
         for k, r in report["training"].items()
@@ -474,9 +460,8 @@ def print_report(report: dict) -> None:
             )
     enc, trained = tok["encode_documents"], tok["train_tokenizer"]
     print(f"\ncorpus: {tok['source']}, {enc['documents']} kept documents, {enc['chars']:,} chars\n")
-    print("| tokenization | tokens/s | vs encode | seconds |")
-    print("|---|---:|---:|---:|")
-    print("\n".join(_tokenization_rows(tok)))
+    header = ("tokenization", "tokens/s", "vs encode", "seconds")
+    print(common.md_table(header, _tokenization_rows(tok), "lrrr"))
     print(
         f"\nchars/token {trained['chars_per_token']:.2f}; tokenizer training "
         f"{trained['chars_per_second'] / 1e6:.2f} M chars/s over {trained['chars']:,} chars"
@@ -494,9 +479,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 12 steps, 300 docs, 1 rank"
     )
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain.json"
-    )
+    parser.add_argument("--out", type=Path, default=common.results_path("pretrain"))
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.repeats = 12, 3, 1
@@ -524,10 +507,10 @@ def main() -> None:
         }
         report["settings"], report["training"] = bench_training(args, root, trained["vocab_size"])
     report["total_seconds"] = time.perf_counter() - started
-    print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nbenchmark took {report['total_seconds']:.0f}s; written {args.out}")
+    with common.printed() as text:
+        print_report(report)
+    written = ", ".join(map(str, common.write_results(args.out, report, text.getvalue())))
+    print(f"\nbenchmark took {report['total_seconds']:.0f}s; written {written}")
 
 
 if __name__ == "__main__":

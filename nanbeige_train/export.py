@@ -8,7 +8,8 @@ tokenizer files. ``transformers`` loads the directory with ``AutoModelForCausalL
 
 :func:`compare_logits` runs one fixed batch through both the training model and the exported
 HF model and returns the largest absolute logit difference (the ``base_model`` check asks for
-<= 1e-4 in fp32). Optimizer state is not exported.
+<= 1e-4 in fp32). Optimizer state is not exported. ``export_version`` and ``check_export`` are
+what the ``base_model`` asset and its check call.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ from pathlib import Path
 
 import torch
 
+from nanbeige_data.pretraining.config import ModelConfig
+from nanbeige_data.pretraining.tokenizer import (
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+)
+from nanbeige_data.report import Report
+from nanbeige_data.store.versioned import Version
 from nanbeige_train import compat
 from nanbeige_train.model import ModelShape, llama_config
+from nanbeige_train.pretrain.stage import CHECKPOINT_DIR, model_shape
 
 CODE_VERSION = "1"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
+LOGIT_TOLERANCE = 1e-4  # fp32 on both sides: only summation order differs
 
 
 @dataclass
@@ -38,6 +49,46 @@ class ExportStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def export_version(final: Version, tokenizer: Version, model: ModelConfig, out_dir: Path) -> Report:
+    """The ``base_model`` version: the last pretraining stage's checkpoint (``final``, a
+    ``pretrain_<stage>`` version) as a Hugging Face directory with ``tokenizer``'s files."""
+    stage = final.manifest["extra"]["stage"]
+    shape = model_shape(model, tokenizer)
+    stats = export_hf(
+        final.local_path / CHECKPOINT_DIR,
+        shape,
+        rope_theta=stage["rope_theta"],
+        max_seq_len=stage["seq_len"],
+        tokenizer_dir=tokenizer.local_path,
+        out_dir=out_dir,
+    )
+    return Report(
+        counts={"parameters": stats.parameters, "bytes": stats.bytes},
+        values={"rope_theta": stats.rope_theta, "max_seq_len": stats.max_seq_len},
+        extra={
+            "export": stats.as_dict(),
+            "checkpoint": str(final.local_path / CHECKPOINT_DIR),
+            "shape": asdict(shape),
+        },
+    )
+
+
+def check_export(version: Version) -> tuple[bool, dict]:
+    """The ``base_model`` gate: transformers' logits on a fixed batch equal the training
+    model's (the checkpoint the version was exported from) within ``LOGIT_TOLERANCE``."""
+    extra = version.manifest["extra"]
+    shape = ModelShape(**extra["shape"])
+    model = load_training_model(
+        extra["checkpoint"],
+        shape,
+        rope_theta=extra["export"]["rope_theta"],
+        max_seq_len=extra["export"]["max_seq_len"],
+    )
+    batch = fixed_batch(shape.vocab_size, seq_len=min(64, extra["export"]["max_seq_len"]))
+    diff = compare_logits(model, version.local_path, batch)
+    return diff <= LOGIT_TOLERANCE, {"max_abs_logit_diff": diff, "tolerance": LOGIT_TOLERANCE}
 
 
 def load_training_model(
@@ -144,10 +195,10 @@ def model_config_for(shape: ModelShape, rope_theta: float, max_seq_len: int):
 def _eos_id(tokenizer_dir: Path) -> int:
     from tokenizers import Tokenizer
 
-    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    config = json.loads((tokenizer_dir / TOKENIZER_CONFIG_FILE).read_text())
     eos = config.get("eos_token") or "<|endoftext|>"
     eos = eos["content"] if isinstance(eos, dict) else eos
-    token_id = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).token_to_id(eos)
+    token_id = Tokenizer.from_file(str(tokenizer_dir / TOKENIZER_FILE)).token_to_id(eos)
     if token_id is None:
         raise KeyError(f"{tokenizer_dir}: eos token {eos!r} is not in the vocabulary")
     return token_id

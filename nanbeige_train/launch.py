@@ -1,13 +1,13 @@
 """Launching a training stage: torchrun on this machine, one process per rank.
 
-Assets never build command lines; they hand a :class:`~nanbeige_train.pretrain.trainer.StageSpec` to a
-launcher. :class:`LocalLauncher` runs ``torchrun --standalone`` here (gloo on CPU, NCCL on
-GPUs), streams the log to a file and to a progress callback, and turns a failed run into a
-:class:`TrainingError` carrying the log's tail. A cluster launcher (Slurm ``srun torchrun``,
-a Kubernetes job) implements the same ``run_stage``.
+Assets never build command lines; they hand a
+:class:`~nanbeige_train.pretrain.trainer.StageSpec` to a launcher. :class:`LocalLauncher` runs
+``torchrun --standalone`` here (gloo on CPU, NCCL on GPUs), streams the log to a file and to a
+progress callback, and turns a failed run into a :class:`TrainingError` carrying the log's tail.
+A cluster launcher (Slurm ``srun torchrun``, a Kubernetes job) implements the same ``run_stage``.
 
-Threads: each rank gets ``cpu_count // nproc`` intra-op threads so two gloo ranks on a
-2-core machine do not oversubscribe it.
+Threads: each rank gets ``cpu_count // nproc`` intra-op threads (or ``threads_per_rank``) so
+two gloo ranks on a 2-core machine do not oversubscribe it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanbeige_train.pretrain.trainer import StageSpec, checkpoints, seed_checkpoint
+from nanbeige_train.pretrain.trainer import (
+    RESULT_FILE,
+    SPEC_FILE,
+    StageSpec,
+    checkpoints,
+    seed_checkpoint,
+)
 
 CODE_VERSION = "1"
 
@@ -38,6 +44,7 @@ class LocalLauncher:
     nproc_per_node: int = 1
     python: str = sys.executable
     timeout_s: float | None = None
+    threads_per_rank: int | None = None  # None: cpu_count // nproc (the numerics guard pins 1)
 
     def run_stage(
         self, spec: StageSpec, *, on_line: Callable[[str], None] | None = None
@@ -45,11 +52,11 @@ class LocalLauncher:
         """Train one stage (writing its seed first if it is the first stage); its result."""
         work = Path(spec.work_dir)
         work.mkdir(parents=True, exist_ok=True)
-        spec_path = spec.save(work / "spec.json")
+        spec_path = spec.save(work / SPEC_FILE)
         fresh = not checkpoints(work) and spec.init_checkpoint is None
         if fresh and not (seed_checkpoint(work) / ".metadata").exists():
             self._torchrun(spec_path, 1, work / "seed.log", on_line, "--seed")
-        result_path = work / "result.json"
+        result_path = work / RESULT_FILE
         result_path.unlink(missing_ok=True)
         self._torchrun(spec_path, self.nproc_per_node, work / "train.log", on_line)
         if not result_path.exists():
@@ -59,11 +66,12 @@ class LocalLauncher:
     def _torchrun(self, spec_path: Path, nproc: int, log: Path, on_line, *extra: str) -> None:
         cmd = [
             self.python, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain.trainer", str(spec_path), *extra,
+            f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain.trainer",
+            str(spec_path), *extra,
         ]  # fmt: skip
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)),
+            "OMP_NUM_THREADS": str(self.threads_per_rank or max(1, (os.cpu_count() or 1) // nproc)),
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "3",
         }

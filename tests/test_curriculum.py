@@ -358,3 +358,45 @@ def test_cli_prints_the_paper_scale_plan_without_data(tmp_path, capsys):
     assert "stable_high_quality" in out and "23T tokens" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [s["steps"] for s in plan["stages"]] == [5960, 739098, 387430, 119209]
+
+
+def test_plan_versions_write_their_files_and_pass_their_gates(tiny, tmp_path):
+    from nanbeige_data.pretraining.curriculum import (
+        PLAN_FILE,
+        STAGE_PLAN_FILE,
+        VANILLA_FILE,
+        build_plans,
+        check_plans,
+        check_stage_plan,
+        write_stage_plan,
+    )
+
+    report = build_plans(
+        tiny.curriculum,
+        tiny.pretrain,
+        _available(300_000),
+        tmp_path,
+        high_quality_epochs=tiny.refinery.tiers.high_quality_epochs,
+    )
+    plan = Plan.load(tmp_path / PLAN_FILE)
+    assert report.counts == {"steps": plan.total_steps, "tokens": plan.total_tokens}
+    assert Plan.load(tmp_path / VANILLA_FILE).name == "vanilla_wsd"
+    assert set(report.markdown) == {"plan", "schedule", "vanilla_wsd"}
+    assert check_plans(tmp_path, tiny.curriculum) == (
+        True,
+        {"problems": {PLAN_FILE: [], VANILLA_FILE: []}},
+    )
+    stages = [s.model_dump() for s in tiny.curriculum.stages]
+    stages[0]["tokens"] *= 10  # a recipe the stored plans were not made from
+    ok, detail = check_plans(tmp_path, _curriculum(tiny, stages=stages))
+    assert not ok and all("the recipe asks" in p[0] for p in detail["problems"].values())
+
+    out = tmp_path / "slice"
+    out.mkdir()
+    first = plan.stages[0]
+    report = write_stage_plan(tmp_path, first.name, out)
+    assert report.counts == {"steps": first.steps, "tokens": first.tokens, "stages": 1}
+    assert check_stage_plan(out, first.name) == (True, {"problems": []})
+    ok, detail = check_stage_plan(out, "decay_long_context")
+    assert not ok and detail["problems"] == ["stage 'decay_long_context' is not in its slice"]
+    assert (out / STAGE_PLAN_FILE).exists()

@@ -10,17 +10,34 @@ import pytest
 from datatrove.data import Document
 
 from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
+from nanbeige_data.refinery.config import DecontaminationConfig as DecontamConfig
 from nanbeige_data.refinery.decontam import (
     EVALS_SETS,
     GYM_TASKS,
-    DecontamConfig,
     DecontaminationFilter,
+    DecontamStats,
     EvalItem,
     build_ngram_index,
-    decontaminate,
     eval_items,
     residual_overlaps,
 )
+from nanbeige_data.refinery.decontam import decontaminate as decontam_report
+
+
+def decontaminate(input_dir, out_dir, cfg, work, items=None) -> DecontamStats:
+    """decontaminate, its Report checked against its stats (what the asset's metadata shows)."""
+    report = decontam_report(input_dir, out_dir, cfg, work, items=items)
+    stats = DecontamStats(**report.extra["stats"])
+    assert report.counts == {
+        "documents_in": stats.documents_in,
+        "documents": stats.documents_out,
+        "removed": stats.removed,
+        "index_ngrams": stats.index_ngrams,
+    }
+    assert report.json == {"eval_items": stats.benchmarks, "examples": stats.examples}
+    table = report.markdown["removed_by_benchmark"]
+    assert all(f"| {b} | {n} |" in table for b, n in stats.per_benchmark.items())
+    return stats
 
 
 def _rows(folder: Path) -> list[dict]:

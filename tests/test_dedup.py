@@ -9,9 +9,30 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
-from nanbeige_data.refinery.dedup import DedupConfig, DedupStats, dedup_corpus
+from nanbeige_data.refinery.config import DedupConfig, ExecutionConfig
+from nanbeige_data.refinery.dedup import DedupStats
+from nanbeige_data.refinery.dedup import dedup_corpus as dedup_report
 
 BYTES = 200_000
+ONE = ExecutionConfig(workers=1)
+
+
+def dedup_corpus(inputs, out, cfg, work, execution=ONE) -> DedupStats:
+    """dedup_corpus, its Report checked against its stats (what the asset's metadata shows)."""
+    report = dedup_report(inputs, out, cfg, work, execution)
+    stats = DedupStats(**report.extra["stats"])
+    assert report.counts == {
+        "documents_in": stats.documents_in,
+        "documents": stats.documents_out,
+        "exact_removed": stats.exact_removed,
+        "near_removed": stats.near_removed,
+        "clusters": stats.clusters,
+    }
+    assert report.json == {
+        "per_domain": stats.per_domain,
+        "cluster_examples": stats.cluster_examples,
+    }
+    return stats
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -153,7 +174,9 @@ def test_clean_corpus_loses_almost_nothing(clean_run):
 
 def test_two_workers_match_one(injected, dirty_run, tmp_path):
     stats, out = dirty_run
-    two = dedup_corpus(injected[0], tmp_path / "out", DedupConfig(workers=2), tmp_path / "work")
+    two = dedup_corpus(
+        injected[0], tmp_path / "out", DedupConfig(), tmp_path / "work", ExecutionConfig(workers=2)
+    )
     assert (two.documents_out, two.exact_removed, two.near_removed) == (
         stats.documents_out,
         stats.exact_removed,
@@ -181,5 +204,5 @@ def test_bad_input_names_the_file(corpus, tmp_path):
         dedup_corpus({"web": bad}, tmp_path / "out", DedupConfig(), tmp_path / "work")
     with pytest.raises(CorpusError, match="not found"):
         dedup_corpus({"web": tmp_path / "nope"}, tmp_path / "o2", DedupConfig(), tmp_path / "w")
-    with pytest.raises(ValueError, match="ngram"):
-        dedup_corpus({"web": corpus["web"]}, tmp_path / "o3", DedupConfig(ngram=0), tmp_path / "w")
+    with pytest.raises(ValueError, match="ngram"):  # the section is validated when it is made
+        DedupConfig(ngram=0)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from nanbeige_data.evaluation.config import EvalConfig
 from nanbeige_data.evaluation.evalsets import EvalSetError, load_items
-from nanbeige_train.evaluate import EvalConfig, evaluate
-from nanbeige_train.generation.engines import Sample, SamplingParams
+from nanbeige_data.models import Sample, SamplingParams
+from nanbeige_train.evaluate import evaluate
 
 
 def test_builtin_sets_carry_items_license_and_verifier():
@@ -72,7 +73,10 @@ def test_avg_and_pass_at_k_over_real_verifiers():
     }
     config = EvalConfig(k={"default": 3}, code_timeout_s=2.0)
     rows, summary = evaluate(
-        ScriptedEngine(script), {"arithmetic": math_items, "humaneval": code_items}, config
+        ScriptedEngine(script),
+        {"arithmetic": math_items, "humaneval": code_items},
+        config,
+        chat=False,
     )
     assert summary["arithmetic"]["avg"] == pytest.approx((2 / 3 + 0) / 2)
     assert summary["arithmetic"]["pass"] == pytest.approx(0.5)
@@ -90,6 +94,54 @@ def test_a_chat_answer_with_the_whole_function_keeps_the_prompts_imports():
     _, summary = evaluate(
         ScriptedEngine({items[0]["prompt"]: [whole]}),
         {"humaneval": items},
-        EvalConfig(k={"default": 1}, chat=False),
+        EvalConfig(k={"default": 1}),
+        chat=False,
     )
     assert summary["humaneval"]["avg"] == 1.0
+
+
+def test_progress_lines_and_the_stage_report(tmp_path):
+    """evaluate_model's second half: files, Report keys, and the per-set progress lines."""
+    from nanbeige_train.evaluate import write_report
+
+    items, _ = load_items("arithmetic", generated_size=2)
+    right = f"\\boxed{{{items[0]['reference']}}}"
+    engine = ScriptedEngine({items[0]["prompt"]: [right], items[1]["prompt"]: ["?"]})
+    lines: list[str] = []
+    cfg = EvalConfig(k={"default": 1})
+    rows, summary = evaluate(engine, {"arithmetic": items}, cfg, progress=lines.append)
+    assert lines[-1] == "eval arithmetic: avg@1 0.500 pass@1 0.500"
+    report = write_report(
+        rows, summary, tmp_path, label="m", model="m", dtype="float32", config={"k": 1}
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "results.parquet",
+        "summary.json",
+        "report.md",
+        "report.png",
+    }
+    assert set(report.markdown) == {"report", "plot"} and set(report.json) == {"config"}
+    assert report.values == {"arithmetic_avg@1": 0.5, "dtype": "float32"}
+    assert report.counts == {"samples": 2, "items": 2}
+    assert report.extra["summary"]["arithmetic"]["avg"] == 0.5
+
+
+def test_a_built_set_reads_back_with_its_report(tmp_path):
+    from nanbeige_data.evaluation.config import EvalSetConfig
+    from nanbeige_data.evaluation.evalsets import build_set, read_set
+
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"id": "a", "prompt": "2+2?", "reference": "4"}\n')
+    cfg = EvalConfig(sets=[EvalSetConfig(name="mine", path=str(mine), verifier="math")])
+    out = tmp_path / "out"
+    out.mkdir()
+    report = build_set("mine", cfg, out)
+    assert report.counts == {"items": 1, "available": 1}
+    assert report.values == {"license": "user", "source": str(mine), "verifier": "math"}
+    assert read_set(out)[0]["reference"] == "4"
+
+
+def test_eval_dtype_defaults_to_auto_outside_the_version():
+    assert EvalConfig().dtype == "auto"
+    assert EvalConfig(dtype="bfloat16").version_hash() == EvalConfig().version_hash()
+    assert EvalConfig(max_new_tokens=8).version_hash() != EvalConfig().version_hash()

@@ -1,26 +1,29 @@
-"""Tests for nanbeige_data.filters: real embedded domains and crafted junk through datatrove."""
+"""Tests for nanbeige_data.refinery.filters: real embedded domains, real technical text and
+crafted junk through datatrove; the recipe's per-domain filter chains."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
 from nanbeige_data.corpus.build import DOMAINS, SCHEMA, CorpusError, build_domain
+from nanbeige_data.recipe import RECIPES_DIR, RecipeError, parse_recipe
+from nanbeige_data.refinery.config import CodeQualityRules, FilterConfig
 from nanbeige_data.refinery.filters import (
     WORDS,
     CodeQualityFilter,
-    FilterConfig,
     FilterStats,
     LanguageIdFilter,
     SanityFilter,
-    build_executor,
     filter_domain,
     filter_names,
     filter_steps,
@@ -29,6 +32,17 @@ from nanbeige_data.refinery.filters import (
 
 KNOBS = {"target_doc_chars": 4000, "min_doc_chars": 200}
 CFG = FilterConfig(examples_per_filter=3)
+
+
+def run(domain: str, raw: Path, out: Path, cfg: FilterConfig, work: Path) -> FilterStats:
+    """filter_domain, its Report checked against its stats (what the asset's metadata shows)."""
+    report = filter_domain(domain, raw, out, cfg, work)
+    stats = FilterStats(**report.extra["stats"])
+    assert report.counts == {"documents_in": stats.documents_in, "documents": stats.documents_out}
+    assert report.json == {"drop_reasons": stats.reasons, "dropped_examples": stats.examples}
+    table = report.markdown["dropped_by_filter"]
+    assert all(f"| {name} | {n} |" in table for name, n in stats.dropped.items())
+    return stats
 
 
 def raw_domain(root: Path, domain: str, max_bytes: int) -> Path:
@@ -61,11 +75,13 @@ def excluded(out_dir: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-def assert_consistent(stats: FilterStats, input_dir: Path, out_dir: Path) -> None:
+def assert_consistent(
+    stats: FilterStats, input_dir: Path, out_dir: Path, cfg: FilterConfig = CFG
+) -> None:
     assert stats.documents_in == table(input_dir).num_rows
     assert stats.documents_in - stats.documents_out == sum(stats.dropped.values())
     assert sum(stats.reasons.values()) == sum(stats.dropped.values())
-    assert list(stats.dropped) == filter_names(stats.domain)  # pipeline order
+    assert list(stats.dropped) == filter_names(stats.domain, cfg)  # pipeline order
     assert {p.name for p in out_dir.iterdir()} <= {"excluded"} | {
         p.name for p in out_dir.glob("part-*.parquet")
     }
@@ -82,7 +98,7 @@ def filtered(tmp_path_factory) -> dict[str, tuple[Path, Path, FilterStats]]:
     for domain in DOMAINS:
         raw = raw_domain(root, domain, 300_000)
         out = root / "filtered" / domain
-        runs[domain] = (raw, out, filter_domain(domain, raw, out, CFG, root / "work"))
+        runs[domain] = (raw, out, run(domain, raw, out, CFG, root / "work"))
     return runs
 
 
@@ -169,8 +185,8 @@ def test_prose_junk_is_dropped_with_filter_and_reason(tmp_path: Path) -> None:
     add_shard(raw, prose_junk(), "web")
     cfg = FilterConfig(max_doc_chars=50_000, examples_per_filter=10)
     out = tmp_path / "out"
-    stats = filter_domain("web", raw, out, cfg, tmp_path / "work")
-    assert_consistent(stats, raw, out)
+    stats = run("web", raw, out, cfg, tmp_path / "work")
+    assert_consistent(stats, raw, out, cfg)
     dropped = excluded(out)
     assert {k: dropped.get(k) for k in PROSE_EXPECTED} == PROSE_EXPECTED
     kept_ids = set(table(out).column("id").to_pylist())
@@ -213,7 +229,7 @@ def test_code_junk_is_dropped_and_real_code_kept(tmp_path: Path) -> None:
     real = table(raw).num_rows
     add_shard(raw, code_junk(), "code")
     out = tmp_path / "out"
-    stats = filter_domain("code", raw, out, CFG, tmp_path / "work")
+    stats = run("code", raw, out, CFG, tmp_path / "work")
     assert_consistent(stats, raw, out)
     assert {k: v for k, v in excluded(out).items() if k in CODE_EXPECTED} == CODE_EXPECTED
     assert stats.documents_out >= real - 1  # the stdlib sample survives
@@ -226,19 +242,19 @@ def test_code_junk_is_dropped_and_real_code_kept(tmp_path: Path) -> None:
 def test_empty_inputs_give_zero_stats_and_no_shards(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    stats = filter_domain("papers", empty, tmp_path / "o1", CFG, tmp_path / "w")
+    stats = run("papers", empty, tmp_path / "o1", CFG, tmp_path / "w")
     assert (stats.documents_in, stats.documents_out, sum(stats.dropped.values())) == (0, 0, 0)
     assert list(stats.dropped) == filter_names("papers")
     add_shard(empty, [], "papers")  # a shard with zero rows
     out = tmp_path / "o2"
-    stats = filter_domain("papers", empty, out, CFG, tmp_path / "w")
+    stats = run("papers", empty, out, CFG, tmp_path / "w")
     assert (stats.documents_in, stats.documents_out) == (0, 0)
     assert not list(out.glob("*.parquet")) and not stats.reasons
 
 
 def test_bad_inputs_fail_with_what_and_where(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(CorpusError, match="nope: corpus directory not found"):
         filter_domain("web", missing, tmp_path / "o", CFG, tmp_path / "w")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -257,25 +273,126 @@ def test_bad_inputs_fail_with_what_and_where(tmp_path: Path) -> None:
         filter_steps("math", CFG)
 
 
-def test_build_executor_per_backend(tmp_path: Path) -> None:
-    steps = filter_steps("web", CFG)
-    local = build_executor(steps, FilterConfig(workers=3), tmp_path / "l")
-    assert isinstance(local, LocalPipelineExecutor) and local.world_size == 3
-    slurm_cfg = FilterConfig(executor="slurm", workers=8, slurm_partition="cpu")
-    slurm = build_executor(steps, slurm_cfg, tmp_path / "s")
-    assert isinstance(slurm, SlurmPipelineExecutor)
-    assert (slurm.world_size, slurm.partition) == (8, "cpu")
-    with pytest.raises(ValueError, match="slurm_partition"):
-        build_executor(steps, FilterConfig(executor="slurm"), tmp_path / "s")
-    with pytest.raises(ValueError, match="unknown executor 'spark'"):
-        build_executor(steps, FilterConfig(executor="spark"), tmp_path / "x")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModuleNotFoundError, match="'ray'"):
-            build_executor(steps, FilterConfig(executor="ray"), tmp_path / "r")
-    else:
-        assert build_executor(steps, FilterConfig(executor="ray"), tmp_path / "r").world_size == 1
+# --------------------------------------------------------------------------- recipe chains
+
+
+@pytest.fixture(scope="module")
+def tiny_raw() -> dict:
+    return yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+
+
+def python_docs(root: Path) -> Path:
+    """The Python documentation's reference topics, shipped with the stdlib (pydoc_data): real
+    technical text that quotes code in braces and underlines its headings."""
+    out = root / "raw"
+    out.mkdir(parents=True)
+    add_shard(out, [(f"pydoc/{name}", text) for name, text in sorted(topics.items())], "web")
+    return out
+
+
+def test_todays_chains_are_the_defaults(tiny_raw) -> None:
+    tiny = parse_recipe(tiny_raw).refinery.filters
+    assert tiny.model_dump(exclude={"max_doc_chars"}) == FilterConfig().model_dump(
+        exclude={"max_doc_chars"}
+    )
+    prose = ["sanity", "language_id", "gopher_repetition", "gopher_quality", "c4_quality"]
+    assert filter_names("web") == [*prose, "fineweb_quality"] == filter_names("books")
+    assert filter_names("code") == ["sanity", "code_quality"]
+    steps = {d: {type(s).__name__: s for s in filter_steps(d, tiny)} for d in DOMAINS}
+    assert steps["web"]["C4DocumentFilter"].min_num_sentences == 3
+    assert steps["web"]["C4DocumentFilter"].filter_curly_bracket is True
+    assert steps["books"]["GopherRepetitionFilter"].dup_line_frac == 0.4
+    books = steps["books"]["FineWebQualityFilter"]
+    assert (books.char_duplicates_ratio, books.short_line_threshold) == (0.2, 0.9)
+    assert (books.new_line_ratio, books.line_punct_exclude_zero) == (0.4, True)
+    assert steps["papers"]["C4DocumentFilter"].filter_curly_bracket is False
+    assert steps["web"]["FineWebQualityFilter"].char_duplicates_ratio == 0.01
+    assert steps["web"]["FineWebQualityFilter"].stop_chars[-1] == ")"  # closing brackets end lines
+
+
+def test_a_domain_changes_only_what_it_names(tiny_raw) -> None:
+    raw = copy.deepcopy(tiny_raw)
+    raw["refinery"]["filters"]["books"] = {
+        "fineweb_quality": {"char_duplicates_ratio": None},
+        "gopher_quality": None,
+        "code_quality": {"max_line_length": 5000},
+    }
+    base, changed = parse_recipe(tiny_raw), parse_recipe(raw)
+    books = changed.refinery.filters.books
+    assert books.fineweb_quality.short_line_thr == 0.9  # books' other overrides stay
+    assert books.gopher_repetition.dup_line_frac == 0.4
+    names = filter_names("books", changed.refinery.filters)
+    assert "gopher_quality" not in names and names[-1] == "code_quality"
+    fineweb = next(
+        s for s in filter_steps("books", changed.refinery.filters) if "FineWeb" in s.name
+    )
+    assert fineweb.char_duplicates_ratio == float("inf")  # the rule never trips
+    for domain in ("web", "code", "papers"):
+        assert getattr(changed.refinery.filters, domain) == getattr(base.refinery.filters, domain)
+    assert changed.section_hash("refinery.filters") != base.section_hash("refinery.filters")
+    again = FilterConfig.model_validate(changed.refinery.filters.model_dump())
+    assert again == changed.refinery.filters  # a manifest's dump reads back as the same chain
+
+
+@pytest.mark.parametrize(
+    ("web", "field", "reason"),
+    [
+        ({"c4": {}}, "refinery.filters.web.c4", "Extra inputs"),
+        (
+            {"c4_quality": {"filter_curly_brackets": False}},
+            "refinery.filters.web.c4_quality.filter_curly_brackets",
+            "Extra inputs",
+        ),
+        (
+            {"fineweb_quality": {"char_duplicates_ratio": 1.5}},
+            "refinery.filters.web.fineweb_quality.char_duplicates_ratio",
+            "less than or equal to 1",
+        ),
+        (
+            {"gopher_repetition": {"dup_line_frac": 0}},
+            "refinery.filters.web.gopher_repetition.dup_line_frac",
+            "greater than 0",
+        ),
+        (
+            {"gopher_quality": {"min_doc_words": "many"}},
+            "refinery.filters.web.gopher_quality.min_doc_words",
+            "valid integer",
+        ),
+        ({"language_id": "maybe"}, "refinery.filters.web.language_id", "valid boolean"),
+    ],
+)
+def test_a_bad_chain_is_a_recipe_error_naming_the_field(tiny_raw, web, field, reason) -> None:
+    raw = copy.deepcopy(tiny_raw)
+    raw["refinery"]["filters"]["web"] = web
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(raw, origin="bad.yaml")
+    msg = str(err.value)
+    assert "bad.yaml" in msg and field in msg and reason in msg, msg
+
+
+def test_switching_off_a_rule_keeps_the_documents_it_dropped(tiny_raw, tmp_path) -> None:
+    raw = copy.deepcopy(tiny_raw)
+    raw["refinery"]["filters"]["web"] = {
+        "c4_quality": {"filter_curly_bracket": False},
+        "fineweb_quality": {"char_duplicates_ratio": None},
+    }
+    base, changed = parse_recipe(tiny_raw).refinery.filters, parse_recipe(raw).refinery.filters
+    docs = python_docs(tmp_path)
+    outs = {"before": tmp_path / "before", "after": tmp_path / "after"}
+    before = run("web", docs, outs["before"], base, tmp_path / "work")
+    after = run("web", docs, outs["after"], changed, tmp_path / "work")
+    assert_consistent(before, docs, outs["before"], base)
+    assert_consistent(after, docs, outs["after"], changed)
+    rules = {"curly_bracket", "char_dup_ratio"}
+    dropped = excluded(outs["before"])
+    by_rules = {doc_id for doc_id, (_, why) in dropped.items() if why in rules}
+    assert before.reasons["c4_quality:curly_bracket"] >= 10, before.reasons
+    assert before.reasons["fineweb_quality:char_dup_ratio"] >= 5, before.reasons
+    assert by_rules <= set(table(outs["after"]).column("id").to_pylist())  # all kept now
+    assert not {r.split(":")[1] for r in after.reasons} & rules
+    others = {doc_id: why for doc_id, why in dropped.items() if doc_id not in by_rules}
+    assert excluded(outs["after"]) == others  # every other rule drops what it dropped before
+    assert after.documents_out == before.documents_out + len(by_rules)
 
 
 # --------------------------------------------------------------------------- single steps
@@ -293,7 +410,11 @@ def test_single_filters_on_one_document() -> None:
     assert reason(lang, ENGLISH) is True
     assert reason(lang, GERMAN) == (False, "language:de")
     assert reason(lang, "The Lovely Bones 2009 film") == (False, "language_score")
-    assert reason(CodeQualityFilter(), "def f(x):\n    y = x + 1\n    return y\n") is True
+    code = "def f(x):\n    y = x + 1\n    return y\n"
+    assert reason(CodeQualityFilter(), code) is True
+    assert reason(CodeQualityFilter(), code * 5) == (False, "repeated_lines")
+    no_repeat_rule = CodeQualityRules(max_duplicate_line_fraction=None)
+    assert reason(CodeQualityFilter(no_repeat_rule), code * 5) is True
 
 
 def test_words_are_gophers_whitespace_words() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanbeige_train.generation.engines import SamplingParams, TorchEngine, load_engine
+from nanbeige_train.generation import SamplingParams, TorchEngine, load_engine
 
 PROMPTS = ["What is 7 + 5? Answer with a number.", "Name one colour of the rainbow."]
 
@@ -74,8 +74,19 @@ def test_bad_parameters_and_backends_are_named():
 
 def test_vllm_engine_has_the_same_interface():
     pytest.importorskip("vllm")
-    from nanbeige_train.generation.engines import VLLMEngine
+    from nanbeige_train.generation import VLLMEngine
 
     engine = VLLMEngine("HuggingFaceTB/SmolLM2-135M-Instruct")
     out = engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=8, seed=1))
     assert [len(r) for r in out] == [2, 2] and out[0][0].logprobs
+
+
+def test_progress_hook_sees_every_step_and_the_end(engine):
+    calls: list[tuple[int, int]] = []
+    hooked = TorchEngine(engine.model, engine.tokenizer, chat=True, batch_size=2)
+    hooked.progress = lambda rows, tokens: calls.append((rows, tokens))
+    out = hooked.generate(PROMPTS, SamplingParams(n=2, temperature=0, max_tokens=6))
+    total = sum(len(s.token_ids) for row in out for s in row)
+    assert calls[-1] == (4, total)  # 2 prompts x 2 samples, all tokens
+    assert len(calls) > 2 and calls == sorted(calls)  # per step, never going back
+    assert (2, sum(len(s.token_ids) for s in out[0])) in calls  # the first batch's end

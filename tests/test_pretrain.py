@@ -4,7 +4,6 @@ ranks against one, and the Hugging Face export. Real text, a real tokenizer, rea
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -18,9 +17,10 @@ import polars as pl
 import pytest
 
 from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.pretraining.config import PretrainConfig, TokenizerConfig
 from nanbeige_data.pretraining.curriculum import plan_curriculum
+from nanbeige_data.pretraining.tokenizer import train_tokenizer, write_token_shards
 from nanbeige_data.recipe import load_recipe
-from nanbeige_data.pretraining.tokenizer import TokenizerSpec, train_tokenizer, write_token_shards
 from nanbeige_train.data import MixtureSchedule
 from nanbeige_train.launch import LocalLauncher, TrainingError
 from nanbeige_train.model import ModelShape
@@ -56,7 +56,7 @@ def data(tmp_path_factory):
     )
     tiers.write_parquet(root / "tiers.parquet")
     tok = root / "tokenizer"
-    train_tokenizer(docs["text"].to_list(), TokenizerSpec(vocab_size=1024), tok)
+    train_tokenizer(docs["text"].to_list(), TokenizerConfig(vocab_size=1024), tok)
     shards = root / "shards"
     write_token_shards(str(corpus / "*.parquet"), root / "tiers.parquet", tok, shards, seed=1)
 
@@ -91,7 +91,7 @@ def spec_for(data, stage: str, work: Path, init: Path | None = None, every: int 
         work_dir=str(work),
         init_checkpoint=str(init) if init else None,
         seed=3,
-        checkpoint_every=every,
+        pretrain=PretrainConfig(checkpoint_every=every),
     )
 
 
@@ -150,6 +150,22 @@ def test_stage_trains_what_the_plan_says(data, first_stage):
     assert len(curve) == stage.steps and all(np.isfinite(curve))
     assert np.mean(curve[-3:]) < np.mean(curve[:3])  # it learns
     assert result["initial_load"].endswith("seed/step-0")  # a first stage starts from its seed
+    assert result["dtype"] == "float32"  # "auto" trains in fp32 on a CPU
+
+
+def test_the_training_log_carries_progress_a_person_can_follow(data, first_stage):
+    """The trainer's progress lines, through ``stage.progress`` (as the assets wire it to the
+    run's log): the first and the last step always, with loss and tokens/s."""
+    from nanbeige_train.pretrain.stage import progress
+
+    work, result = first_stage
+    shown: list[str] = []
+    on_line = progress(shown.append, every_s=3600)
+    for line in (work / "train.log").read_text().splitlines():
+        on_line(line)
+    steps = result["steps"]
+    assert [line.split()[1] for line in shown] == ["1/8", f"{steps}/{steps}"]
+    assert all(" loss " in line and line.endswith(" tokens/s") for line in shown)
 
 
 @pytest.mark.slow
@@ -207,15 +223,13 @@ def test_a_sigkilled_launcher_leaves_no_orphan_trainer_and_the_stage_resumes(
     checkpoint with the uninterrupted run's losses and token counts."""
     reference, _ = first_stage
     spec = spec_for(data, "stable_diverse", tmp_path / "work", every=2)
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
+    spec_file = spec.save(tmp_path / "spec.json")
     parent = subprocess.Popen(
         [sys.executable, "-c", (
-            "import json, sys\n"
+            "import sys\n"
             "from nanbeige_train.launch import LocalLauncher\n"
             "from nanbeige_train.pretrain.trainer import StageSpec\n"
-            "spec = StageSpec(**json.loads(open(sys.argv[1]).read()))\n"
-            "LocalLauncher().run_stage(spec)\n"
+            "LocalLauncher().run_stage(StageSpec.load(sys.argv[1]))\n"
         ), str(spec_file)],
         cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
@@ -305,3 +319,124 @@ def test_loss_check_judges_later_stages_against_where_training_started():
     assert not loss_ok(plateau)[0]  # noisy plateau: its own start is not a fair reference
     assert loss_ok(plateau, reference=9.5)[0]  # but well below where the run began
     assert not loss_ok([{"loss": 9.6}, {"loss": float("nan")}], reference=9.5)[0]
+
+
+# --- the pieces that are not training ---------------------------------------------------------
+
+
+def _progress_line(step: int, steps: int = 40) -> str:
+    from nanbeige_train.pretrain.trainer import PROGRESS_TAG
+
+    row = {"step": step, "steps": steps, "loss": 9.0 - step / 10, "tokens_per_second": 1234.5}
+    return "[rank0]: " + PROGRESS_TAG + json.dumps(row)
+
+
+def test_progress_reports_first_last_and_every_ten_seconds_between():
+    from nanbeige_train.pretrain.stage import progress
+
+    now = [0.0]
+    shown, warned = [], []
+    on_line = progress(shown.append, warned.append, every_s=10.0, clock=lambda: now[0])
+    for step in range(1, 41):  # one step every 3 s
+        on_line(_progress_line(step))
+        now[0] += 3.0
+    on_line("[rank0]: Traceback (most recent call last):")
+    on_line("[rank0]: step:  4  loss:  7.1  (torchtitan's own line: left to the log file)")
+    steps = [int(line.split()[1].split("/")[0]) for line in shown]
+    assert steps == [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 40]  # never 10 s without a line
+    assert shown[0] == "step 1/40  loss 8.9000  1,234 tokens/s"
+    assert warned == ["[rank0]: Traceback (most recent call last):"]
+
+
+def test_stage_spec_carries_the_recipe_section_itself(tmp_path):
+    pretrain = PretrainConfig(checkpoint_every=7, dtype="bfloat16", tensor_parallel=2)
+    spec = StageSpec("p.json", "warmup", "s", "t", {"dim": 8}, "w", pretrain=pretrain, seed=4)
+    again = StageSpec.load(spec.save(tmp_path / "spec.json"))
+    assert again == spec and again.pretrain is not pretrain
+    assert json.loads((tmp_path / "spec.json").read_text())["pretrain"]["dtype"] == "bfloat16"
+
+
+def test_training_dtype_auto_is_fp32_on_a_cpu_and_an_explicit_dtype_wins():
+    from nanbeige_data.models import resolve_dtype
+    from nanbeige_train.pretrain.trainer import training_dtype
+
+    assert training_dtype("auto") == "float32"  # even where inference's "auto" would be bf16
+    assert resolve_dtype("auto") in ("float32", "bfloat16")
+    assert training_dtype("bfloat16") == "bfloat16" and training_dtype("float32") == "float32"
+    assert "dtype" in PretrainConfig.execution_fields  # not part of a stage's version
+
+
+def _version(store, key: str, fill, **manifest):
+    """Commit a version of ``key`` whose directory ``fill(path)`` writes."""
+    with store.stage(key) as staging:
+        fill(staging.path)
+        return store.commit(staging, **manifest)
+
+
+def test_a_stage_version_from_store_versions_passes_its_checks_and_exports(data, tmp_path):
+    """``train_stage_version`` as the assets call it: real store versions in, a Report out,
+    the stage's checks and the Hugging Face export on the version it filled."""
+    from functools import partial
+    from shutil import copytree
+
+    from nanbeige_data.pretraining.curriculum import STAGE_PLAN_FILE, Plan, stage_slice
+    from nanbeige_data.recipe import ModelConfig
+    from nanbeige_data.store.versioned import VersionedStore
+    from nanbeige_train import export
+    from nanbeige_train.pretrain import stage as runner
+
+    root, plan, vocab = data
+    copy = partial(copytree, dirs_exist_ok=True)
+    store = VersionedStore(tmp_path / "store")
+    part = stage_slice(Plan.load(root / "plan.json"), "warmup").to_dict()
+    plan_v = _version(
+        store, "plan_warmup", lambda p: (p / STAGE_PLAN_FILE).write_text(json.dumps(part))
+    )
+    shards_v = _version(store, "token_shards", lambda p: copy(root / "shards", p))
+    tok_v = _version(
+        store,
+        "tokenizer",
+        lambda p: copy(root / "tokenizer", p),
+        counts={"vocab_size": vocab},
+    )
+    model = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+    inputs = {"plan_warmup": plan_v, "token_shards": shards_v, "tokenizer": tok_v}
+    work = runner.work_dir(store, "pretrain_warmup", "code-1", inputs)
+    assert work == runner.work_dir(store, "pretrain_warmup", "code-1", inputs)  # resumable
+    assert work != runner.work_dir(store, "pretrain_warmup", "code-2", inputs)
+    out = tmp_path / "out"
+    out.mkdir()
+    lines: list[str] = []
+    run = runner.TrainingRun(work, out, LocalLauncher(), runner.progress(lines.append))
+    common = dict(plan=plan_v, shards=shards_v, tokenizer=tok_v, model=model, seed=3, run=run)
+    pretrain = PretrainConfig()
+    report = runner.train_stage_version("warmup", previous=None, pretrain=pretrain, **common)
+    assert report.counts == {"steps": 2, "tokens": plan.stages[0].tokens}
+    assert report.values["dtype"] == report.extra["dtype"] == "float32"
+    assert report.extra["stage"] == {"name": "warmup", "seq_len": 64, "rope_theta": 10000.0}
+    assert "| web/diverse |" in report.markdown["tokens_per_bucket"]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+    stage_v = _version(
+        store,
+        "pretrain_warmup",
+        lambda p: copy(out, p),
+        inputs=inputs,
+        counts=report.counts,
+        extra=report.extra,
+    )
+    assert runner.check_tokens(stage_v)[0]
+    ok, detail = runner.check_loss(stage_v)
+    assert detail["finite"] == 1.0 and ok == (detail["last_loss"] < detail["first_loss"])
+    assert runner.check_reloads(stage_v)[0]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    exported = export.export_version(stage_v, tok_v, model, hf)
+    assert exported.values == {"rope_theta": 10000.0, "max_seq_len": 64}
+    base = _version(store, "base_model", lambda p: copy(hf, p), extra=exported.extra)
+    ok, detail = export.check_export(base)
+    assert ok and detail["max_abs_logit_diff"] <= 1e-4
+
+    broken = _version(store, "pretrain_x", lambda p: (p / "x").write_text("x"))
+    with pytest.raises(TrainingError, match="no report.run_first_loss"):
+        runner.train_stage_version("warmup", previous=broken, pretrain=pretrain, **common)

@@ -101,7 +101,7 @@ def test_section_hash_changes_only_with_its_section(tiny_raw):
         assert changed.section_hash(section) == base.section_hash(section)
     raw = copy.deepcopy(tiny_raw)
     raw["refinery"]["tiers"]["quantiles"] = [0.1, 0.5]
-    raw["refinery"]["workers"] = 7  # execution settings are not part of any identity
+    raw["refinery"]["execution"]["workers"] = 7  # execution settings are not part of any identity
     changed = parse_recipe(raw)
     assert changed.section_hash("refinery.tiers") != base.section_hash("refinery.tiers")
     assert changed.section_hash("refinery.filters") == base.section_hash("refinery.filters")

@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanbeige_data.corpus.build import DOMAINS, SCHEMA, embedded_documents
+from nanbeige_data.models import resolve_dtype
+from nanbeige_data.recipe import RetrievalConfig
 from nanbeige_data.refinery.retrieval import (
     DIM,
     EXEMPLAR_SETS,
+    INDEX_DIR,
     SCORES_FILE,
     TABLE,
-    RetrievalConfig,
     build_index,
     exemplar_texts,
     percentile_scores,
@@ -67,17 +69,19 @@ def corpus(tmp_path_factory, exemplars) -> dict:
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, corpus) -> dict:
-    db = tmp_path_factory.mktemp("index") / "db"
-    stats = build_index(corpus["dirs"], db, CFG)
-    table = lancedb.connect(db).open_table(TABLE)
-    return {"db": db, "stats": stats, "rows": table.to_arrow().to_pylist(), "table": table}
+    db = tmp_path_factory.mktemp("index")
+    lines: list[str] = []
+    report = build_index(corpus["dirs"], db, CFG, progress=lines.append)
+    table = lancedb.connect(db / INDEX_DIR).open_table(TABLE)
+    rows = table.to_arrow().to_pylist()
+    return {"db": db, "report": report, "rows": rows, "table": table, "lines": lines}
 
 
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory, index, exemplars) -> dict:
     out = tmp_path_factory.mktemp("scores")
-    stats = score_documents(index["db"], out, CFG, exemplars)
-    return {"stats": stats, "table": pq.read_table(out / SCORES_FILE)}
+    report = score_documents(index["db"], out, CFG, seed=0, exemplars=exemplars)
+    return {"report": report, "table": pq.read_table(out / SCORES_FILE)}
 
 
 def test_exemplar_sets_are_real_named_and_seeded() -> None:
@@ -100,13 +104,15 @@ def test_exemplar_sets_are_real_named_and_seeded() -> None:
 
 
 def test_index_holds_every_nonempty_document(index, corpus) -> None:
-    stats, rows = index["stats"], index["rows"]
+    report, rows = index["report"], index["rows"]
+    stats = report.extra["stats"]
     want = {d: len([x for x in corpus["docs"][d] if x["text"].strip()]) for d in DOMAINS}
-    assert stats.documents == len(rows) == sum(want.values()) == 4 * PER_DOMAIN + 1
-    assert stats.skipped_empty == 1 and stats.per_domain == want
-    assert stats.fts and stats.vector_index is None and stats.dim == DIM
-    assert stats.embeddings_per_s > 0 and stats.embed_seconds > 0
-    assert set(stats.as_dict()) >= {"documents", "dim", "embed_seconds", "embeddings_per_s", "fts"}
+    assert report.counts["documents"] == len(rows) == sum(want.values()) == 4 * PER_DOMAIN + 1
+    assert stats["skipped_empty"] == 1 and stats["per_domain"] == want
+    assert stats["fts"] and stats["vector_index"] is None and stats["dim"] == DIM
+    assert report.values["embeddings_per_s"] > 0 and stats["embed_seconds"] > 0
+    assert report.values["dtype"] == report.extra["dtype"] == resolve_dtype("auto")
+    assert index["lines"][-1].startswith(f"embedding: {len(rows) + 1}/{len(rows) + 1} rows, ")
     assert all(len(r["text"]) <= CFG.embed_max_chars for r in rows)
     norms = np.linalg.norm(np.array([r["vector"] for r in rows]), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-3)
@@ -144,7 +150,8 @@ def test_vector_search_returns_the_document_itself(index) -> None:
 
 
 def test_scores_cover_every_document_in_range(scores, index, exemplars) -> None:
-    table, stats = scores["table"], scores["stats"]
+    table, report = scores["table"], scores["report"]
+    stats = report.extra["stats"]
     assert table.schema.names == [
         "id",
         "domain",
@@ -152,7 +159,7 @@ def test_scores_cover_every_document_in_range(scores, index, exemplars) -> None:
         "retrieval_score",
         "best_exemplar",
     ]
-    assert table.num_rows == stats.documents == len(index["rows"])
+    assert table.num_rows == report.counts["documents"] == len(index["rows"])
     assert sorted(table["id"].to_pylist()) == sorted(r["id"] for r in index["rows"])
     for name in ("id", "domain", "retrieval_raw", "retrieval_score"):
         assert table[name].null_count == 0
@@ -161,7 +168,7 @@ def test_scores_cover_every_document_in_range(scores, index, exemplars) -> None:
     best = table["best_exemplar"].to_pylist()
     assert score.min() >= 0 and score.max() == pytest.approx(9.0)
     hit = raw > 0
-    assert stats.hit_documents == int(hit.sum()) and 0 < stats.hit_documents < len(raw)
+    assert report.counts["hit_documents"] == int(hit.sum()) and 0 < hit.sum() < len(raw)
     assert np.all(score[~hit] == 0) and all(
         b is None for b, h in zip(best, hit, strict=True) if not h
     )
@@ -169,9 +176,10 @@ def test_scores_cover_every_document_in_range(scores, index, exemplars) -> None:
     order = np.argsort(raw, kind="stable")
     assert np.all(np.diff(score[order]) >= -1e-9)  # more raw never scores lower
     assert raw.max() <= len(exemplars) / (CFG.rrf_k + 1) + 1e-9
-    assert stats.exemplars == len(exemplars) and stats.queries_per_s > 0
-    assert set(stats.score_quantiles) == {"p10", "p25", "p50", "p75", "p90", "p99"}
-    assert sum(stats.best_exemplar.values()) == stats.hit_documents
+    assert report.counts["exemplars"] == len(exemplars) and stats["queries_per_s"] > 0
+    assert set(stats["score_quantiles"]) == {"p10", "p25", "p50", "p75", "p90", "p99"}
+    assert sum(stats["best_exemplar"].values()) == stats["hit_documents"]
+    assert report.values["dtype"] == resolve_dtype("auto")
 
 
 def test_documents_close_to_exemplars_score_at_the_top(scores, index, exemplars, tmp_path) -> None:
@@ -183,11 +191,11 @@ def test_documents_close_to_exemplars_score_at_the_top(scores, index, exemplars,
     code = [r["retrieval_raw"] for r in table if r["domain"] == "code"]
     assert near["retrieval_raw"] > max(code)  # a math word problem, not a Python file
     reasoning = [e for e in exemplars if e[0] == "reasoning_gym"]
-    stats = score_documents(index["db"], tmp_path, CFG, reasoning)
+    stats = score_documents(index["db"], tmp_path, CFG, 0, reasoning).extra["stats"]
     alone = pq.read_table(tmp_path / SCORES_FILE).to_pylist()
     near = next(r for r in alone if r["id"] == "papers/test/near-exemplar")
-    assert near["retrieval_score"] == 9.0 and stats.best_exemplar == {
-        "reasoning_gym": stats.hit_documents
+    assert near["retrieval_score"] == 9.0 and stats["best_exemplar"] == {
+        "reasoning_gym": stats["hit_documents"]
     }
 
 
@@ -200,13 +208,14 @@ def test_percentile_scores_handle_ties_and_unhit() -> None:
 
 def test_large_table_gets_a_vector_index(tmp_path, corpus, exemplars) -> None:
     cfg = RetrievalConfig(top_k=10, vector_index_min_rows=40)
-    stats = build_index(corpus["dirs"][1:2], tmp_path / "db", cfg)  # books only
-    assert stats.vector_index == "IVF_FLAT" and stats.documents == PER_DOMAIN
-    table = lancedb.connect(tmp_path / "db").open_table(TABLE)
+    report = build_index(corpus["dirs"][1:2], tmp_path / "db", cfg)  # books only
+    assert report.extra["stats"]["vector_index"] == "IVF_FLAT"
+    assert report.counts["documents"] == PER_DOMAIN
+    table = lancedb.connect(tmp_path / "db" / INDEX_DIR).open_table(TABLE)
     assert {i.index_type for i in table.list_indices()} == {"FTS", "IvfFlat"}
     (tmp_path / "out").mkdir()
-    scored = score_documents(tmp_path / "db", tmp_path / "out", cfg, exemplars[-4:])
-    assert scored.documents == PER_DOMAIN and scored.hit_documents >= 10
+    scored = score_documents(tmp_path / "db", tmp_path / "out", cfg, 0, exemplars[-4:])
+    assert scored.counts["documents"] == PER_DOMAIN and scored.counts["hit_documents"] >= 10
 
 
 def test_empty_inputs_fail_clearly(tmp_path, exemplars) -> None:
@@ -220,4 +229,6 @@ def test_empty_inputs_fail_clearly(tmp_path, exemplars) -> None:
     with pytest.raises(ValueError, match="part-00000.parquet: unreadable Parquet shard"):
         build_index([blank.parent, tmp_path / "bad"], tmp_path / "db2", CFG)
     with pytest.raises(ValueError, match="no exemplars"):
-        score_documents(tmp_path / "db1", tmp_path, CFG, [])
+        score_documents(tmp_path / "db1", tmp_path, CFG, 0, [])
+    with pytest.raises(FileNotFoundError, match="no retrieval index at"):
+        score_documents(tmp_path / "nothing", tmp_path, CFG, 0, exemplars[:1])

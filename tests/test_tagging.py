@@ -12,27 +12,29 @@ import pytest
 import torch
 
 from nanbeige_data.corpus.build import SCHEMA, build_domain
-from nanbeige_data.recipe import load_recipe
+from nanbeige_data.models import resolve_dtype
+from nanbeige_data.recipe import TagDimension, TaggingConfig, load_recipe
 from nanbeige_data.refinery.tagging import (
-    Dimension,
-    JudgeConfig,
+    LABELS_FILE,
+    SCORES_FILE,
     LlmJudge,
     OpenAIJudge,
     TagClassifier,
-    TaggerConfig,
     digit_expectation_from_top,
-    dimensions,
     draw_sample,
     make_annotator,
-    packaged_smollm2_gguf,
     tag_corpus,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DIMS = dimensions(load_recipe("tiny").refinery.tagging.dimensions)
+DIMS = tuple(load_recipe("tiny").refinery.tagging.dimensions)
 CONTENT = [j for j, d in enumerate(DIMS) if d.kind == "content"]
 FEW = tuple(DIMS[i] for i in (0, 2, 12, 14))  # knowledge, educational | fluency, cleanliness
+
+
+def tagging_cfg(**kw) -> TaggingConfig:
+    return TaggingConfig(dimensions=list(FEW), **kw)
 
 CLEAN = (
     "Photosynthesis is the process by which green plants, algae and some bacteria convert light "
@@ -48,7 +50,7 @@ JUNK = (
 
 @pytest.fixture(scope="module")
 def judge() -> LlmJudge:
-    return LlmJudge(JudgeConfig(max_doc_tokens=96))
+    return LlmJudge(max_doc_tokens=96)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,8 @@ def corpus(tmp_path_factory) -> list[Path]:
 
 
 def test_packaged_model_and_digit_tokens(judge):
-    assert packaged_smollm2_gguf().stat().st_size > 50_000_000
+    assert judge.dtype == resolve_dtype("auto") and judge.batch == 1
+    assert judge.model.dtype == getattr(torch, judge.dtype)
     assert len(set(judge.digit_ids)) == 10
     assert [judge.tokenizer.decode([i]) for i in judge.digit_ids] == list("0123456789")
     # A document cannot close the user turn: special-token strings in it are plain text.
@@ -107,32 +110,41 @@ def test_kv_cache_reuse_matches_scoring_each_prompt_from_scratch(judge):
         cached = judge.score([CLEAN], FEW)
         scratch = judge.score_from_scratch([CLEAN], FEW)
     finally:
-        judge.model.to(torch.bfloat16)
+        judge.model.to(getattr(torch, judge.dtype))
     np.testing.assert_allclose(cached, scratch, atol=1e-2)
     assert np.ptp(cached) > 0  # not a degenerate constant
 
 
 def test_tag_corpus_writes_labels_and_scores(judge, corpus, tmp_path):
-    cfg = TaggerConfig(sample_size=12, holdout_fraction=0.25, seed=3)
-    stats = tag_corpus(corpus, tmp_path, FEW, judge, cfg)
+    cfg = tagging_cfg(sample=12, holdout_fraction=0.25)
+    lines: list[str] = []
+    report = tag_corpus(corpus, tmp_path, cfg, seed=3, annotator=judge, progress=lines.append)
+    stats = report.extra["stats"]
     n_docs = sum(pq.read_metadata(p).num_rows for d in corpus for p in d.glob("*.parquet"))
-    assert stats.documents == n_docs > stats.annotated == 12
-    assert stats.sample_per_domain == {"code": 4, "papers": 4, "web": 4}
-    assert stats.holdout == 3 and set(stats.agreement) == {d.name for d in FEW}
-    for metrics in stats.agreement.values():
+    assert report.counts == {"documents": n_docs, "annotated": 12} and n_docs > 12
+    assert stats["sample_per_domain"] == {"code": 4, "papers": 4, "web": 4}
+    assert stats["holdout"] == 3 and set(stats["agreement"]) == {d.name for d in FEW}
+    for metrics in stats["agreement"].values():
         assert 0 <= metrics["mae"] <= 9 and 0 <= metrics["within_1"] <= 1
-    assert all(sum(h) == 12 and len(h) == 10 for h in stats.label_distribution.values())
-    assert stats.annotate_docs_per_s > 0 and stats.classify_docs_per_s > 0
+    assert all(sum(h) == 12 and len(h) == 10 for h in stats["label_distribution"].values())
+    assert stats["annotate_docs_per_s"] > 0 and stats["classify_docs_per_s"] > 0
+    assert report.values["dtype"] == report.extra["dtype"] == judge.dtype
+    assert report.values["annotator"] == judge.name
+    assert report.json["agreement"] == stats["agreement"]
+    assert report.markdown["heldout_spearman"].startswith("| dimension | spearman |")
+    # progress: at least the final line of the judge and of the classifier
+    assert any(line.startswith("judge: 12/12 documents, ") for line in lines)
+    assert any(line.startswith(f"classifier: {n_docs}/{n_docs} documents") for line in lines)
     names = [d.name for d in FEW]
 
-    scores = pq.read_table(tmp_path / "scores.parquet").to_pandas()
+    scores = pq.read_table(tmp_path / SCORES_FILE).to_pandas()
     assert list(scores.columns) == ["id", "domain", *names, "content_score", "format_score"]
     assert len(scores) == n_docs and scores["id"].is_unique
     assert not scores.isna().any().any()
     assert ((scores[names] >= 0) & (scores[names] <= 9)).all().all()
     np.testing.assert_allclose(scores["content_score"], scores[names[:2]].mean(axis=1), rtol=1e-5)
 
-    labels = pq.read_table(tmp_path / "labels.parquet").to_pandas()
+    labels = pq.read_table(tmp_path / LABELS_FILE).to_pandas()
     assert list(labels.columns) == ["id", "domain", *names, "split"]
     assert sorted(labels["split"].value_counts().items()) == [("holdout", 3), ("train", 9)]
     assert set(labels["id"]) <= set(scores["id"])
@@ -149,19 +161,24 @@ def test_sample_larger_than_corpus_annotates_everything(judge, tmp_path):
         for i, t in enumerate(texts)
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), shard)
-    stats = tag_corpus([shard.parent], tmp_path / "out", FEW, judge, TaggerConfig(sample_size=50))
-    assert stats.annotated == stats.documents == 4 and stats.holdout == 2
+    cfg = tagging_cfg(sample=50)
+    report = tag_corpus([shard.parent], tmp_path / "out", cfg, seed=0, annotator=judge)
+    assert report.counts == {"documents": 4, "annotated": 4}
+    assert report.extra["stats"]["holdout"] == 2
 
 
 def test_empty_input_is_a_clear_error(judge, tmp_path):
     (tmp_path / "none").mkdir()
+    none = [tmp_path / "none"]
     with pytest.raises(ValueError, match="no \\*.parquet shards"):
-        tag_corpus([tmp_path / "none"], tmp_path / "out", FEW, judge, TaggerConfig())
+        tag_corpus(none, tmp_path / "out", tagging_cfg(), seed=0, annotator=judge)
     pq.write_table(SCHEMA.empty_table(), tmp_path / "none" / "part-00000.parquet")
     with pytest.raises(ValueError, match="has no documents"):
-        tag_corpus([tmp_path / "none"], tmp_path / "out", FEW, judge, TaggerConfig())
+        tag_corpus(none, tmp_path / "out", tagging_cfg(), seed=0, annotator=judge)
     with pytest.raises(ValueError, match="one content and one format"):
-        tag_corpus([tmp_path / "none"], tmp_path / "out", FEW[:2], judge, TaggerConfig())
+        tag_corpus(none, tmp_path / "out", TaggingConfig(), seed=0, annotator=judge)
+    with pytest.raises(ValueError, match="both content and format"):
+        TaggingConfig(dimensions=list(FEW[:2]))  # the recipe refuses it before any stage
 
 
 def test_sample_is_seeded_and_balanced_over_domains(corpus):
@@ -185,7 +202,7 @@ def test_classifier_learns_a_real_signal(corpus):
     train, test = rows[::2], rows[1::2]
     labels = np.array([[target[r["domain"]], 9 - target[r["domain"]]] for r in train])
     # Domains hidden from the classifier ("?"): the signal must come from the text itself.
-    clf = TagClassifier(TaggerConfig()).fit([r["text"] for r in train], ["?"] * len(train), labels)
+    clf = TagClassifier(TaggingConfig()).fit([r["text"] for r in train], ["?"] * len(train), labels)
     pred = clf.predict([r["text"] for r in test], ["?"] * len(test))
     is_code = np.array([r["domain"] == "code" for r in test])
     assert pred.shape == (len(test), 2) and (pred >= 0).all() and (pred <= 9).all()
@@ -207,4 +224,6 @@ def test_remote_judge_spec_and_digit_expectation():
     with pytest.raises(ValueError, match="no digit"):
         digit_expectation_from_top({"yes": -0.1})
     with pytest.raises(ValueError, match="kind"):
-        Dimension("x", "style", "?")
+        TagDimension(name="x", kind="style", question="?")
+    with pytest.raises(ValueError, match="reserved"):
+        TagDimension(name="content_score", kind="content", question="?")

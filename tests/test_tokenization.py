@@ -13,10 +13,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from nanbeige_data.corpus.build import SCHEMA, build_domain
+from nanbeige_data.pretraining.config import TokenizerConfig
 from nanbeige_data.pretraining.tokenizer import (
     SPECIAL_TOKENS,
     TokenizationError,
-    TokenizerSpec,
     encode_documents,
     install_tokenizer,
     load_index,
@@ -27,7 +27,7 @@ from nanbeige_data.pretraining.tokenizer import (
     write_token_shards,
 )
 
-SPEC = TokenizerSpec(vocab_size=1500, special_tokens=SPECIAL_TOKENS)
+SPEC = TokenizerConfig(vocab_size=1500, special_tokens=list(SPECIAL_TOKENS))
 # hand-made documents the embedded corpus lacks: tabs, CRLF, unicode, literal special tokens
 ODD_DOCS = {
     "code/odd/tabs": "def f(x):\n\tif x:\n\t\treturn 'héllo wörld ✓'\r\n\treturn None  \n",
@@ -358,3 +358,51 @@ def test_shard_errors(corpus, tiers_path, tokenizer_dir, tmp_path):
     with pytest.raises(TokenizationError, match="every document is rejected"):
         write_token_shards(glob, rejected, tokenizer_dir, tmp_path)
     assert not list(tmp_path.glob("*.bin*"))
+
+
+# --------------------------------------------------------------------------- the versions
+
+
+def test_tokenizer_config_is_the_spec_and_is_validated():
+    from pydantic import ValidationError
+
+    assert TokenizerConfig().min_frequency == 2 and TokenizerConfig().eos_token in SPECIAL_TOKENS
+    with pytest.raises(ValidationError, match="eos_token '</s>' must be one of"):
+        TokenizerConfig(eos_token="</s>")
+    with pytest.raises(ValidationError, match="vocab_size 200 leaves no room"):
+        TokenizerConfig(vocab_size=200)
+
+
+def test_tokenizer_and_shard_versions_report_and_pass_their_gates(corpus, tiers_path, tmp_path):
+    from nanbeige_data.pretraining.tokenizer import (
+        ROUNDTRIP_FILE,
+        build_token_shards,
+        build_tokenizer,
+        check_roundtrip,
+        check_shards,
+    )
+
+    lines: list[str] = []
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    report = build_tokenizer(corpus, SPEC, tok_dir, seed=0, log=lines.append)
+    assert report.counts["vocab_size"] <= SPEC.vocab_size and report.counts["documents"] > 3
+    assert report.json["special_tokens"]["<|endoftext|>"] == 0
+    assert report.values["chars_per_token"] > 1 and "ids" in lines[0]
+    assert (tok_dir / ROUNDTRIP_FILE).exists()
+    ok, detail = check_roundtrip(tok_dir)
+    assert ok and detail["documents"] == detail["exact"] > 3 and detail["failures"] == []
+
+    shards_dir = tmp_path / "shards"
+    report = build_token_shards(corpus, tiers_path.parent, tok_dir, shards_dir, seed=1)
+    assert report.counts["tokens"] == report.extra["index"]["total_tokens"]
+    assert "| heldout/reasoning | val |" in report.markdown["buckets"]
+    assert set(report.json["skipped"]) == {"rejected", "untiered"}
+    assert check_shards(shards_dir) == (
+        True,
+        {"files": report.counts["files"], "size_mismatch": [], "empty_train_buckets": []},
+    )
+    victim = next(shards_dir.glob("*.train.bin"))
+    victim.write_bytes(victim.read_bytes()[:-2])  # one id short of what the index says
+    ok, detail = check_shards(shards_dir)
+    assert not ok and detail["size_mismatch"] == [victim.name]

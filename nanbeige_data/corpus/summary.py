@@ -1,7 +1,8 @@
 """Corpus summary: documents, characters and sources per domain, computed with DuckDB.
 
 Reads the Parquet shards of each domain's version in place (no copy, no texts in Python) and
-writes one ``summary.parquet`` table that DuckDB, Polars or pandas can query.
+writes one ``summary.parquet`` table that DuckDB, Polars or pandas can query; the report carries
+the table as markdown and the corpus totals as counts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from nanbeige_data.report import Report, md_table
+
 CODE_VERSION = "1"
+SUMMARY_FILE = "summary.parquet"
 
 
 def summarize_corpus(domain_dirs: Mapping[str, str | Path], out_dir: Path) -> pl.DataFrame:
@@ -38,5 +42,14 @@ def summarize_corpus(domain_dirs: Mapping[str, str | Path], out_dir: Path) -> pl
         pl.col("mean_chars").cast(pl.Int64),
         pl.col("max_chars").cast(pl.Int64),
     )
-    table.write_parquet(out_dir / "summary.parquet")
+    table.write_parquet(Path(out_dir) / SUMMARY_FILE)
     return table
+
+
+def summary_report(domain_dirs: Mapping[str, str | Path], out_dir: Path) -> Report:
+    """``summarize_corpus`` as a stage report: totals as counts, the table as markdown."""
+    table = summarize_corpus(domain_dirs, out_dir)
+    return Report(
+        counts={"documents": int(table["documents"].sum()), "chars": int(table["chars"].sum())},
+        markdown={"table": md_table(table.columns, table.rows(), "ll" + "r" * 4)},
+    )

@@ -16,7 +16,8 @@ class EvalSetConfig(Section):
 
 
 class EvalConfig(Section):
-    execution_fields: ClassVar[frozenset[str]] = frozenset({"backend", "batch_size"})
+    # how generation runs, not what is evaluated (dtype moves the last digits of the logits only)
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"backend", "batch_size", "dtype"})
 
     temperature: Annotated[float, Field(ge=0)] = 0.6
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
@@ -32,7 +33,7 @@ class EvalConfig(Section):
     code_memory_mb: PositiveInt = 512
     backend: Literal["torch", "vllm"] = "torch"
     batch_size: PositiveInt = 8
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # generation dtype (bf16: ~3x on CPU)
+    dtype: Dtype = "auto"  # generation dtype; auto: bf16 where native, else fp32 (resolve_dtype)
 
     @field_validator("sets")
     @classmethod

@@ -18,6 +18,10 @@ gives non-zero scores to a model that can answer. A user's set is a JSONL file w
 and ``reference`` (and ``id``) per line plus a named verifier. Licenses come from the packages'
 own metadata. Prompts for math ask for a ``\\boxed{}`` answer; code prompts are the HumanEval
 function header, completed by the model (chat models may answer in a fenced block).
+
+``build_set(name, cfg, out_dir)`` is the stage: the set as the recipe's eval section names it,
+written to ``out_dir/items.jsonl``, with a :class:`~nanbeige_data.report.Report`;
+``read_set(dir)`` reads it back.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nanbeige_data.evaluation.config import EvalConfig
+from nanbeige_data.report import Report
+
 CODE_VERSION = "1"
+ITEMS_FILE = "items.jsonl"
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 GYM_SEED = 20261123  # not decontam's sample seed: different generated items
 BUILTIN = ("humaneval", "champ", "aime", "gsm_symbolic", "arithmetic")
@@ -197,3 +205,26 @@ def write_items(items: list[dict], out: Path) -> None:
 
 def read_items(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def build_set(name: str, cfg: EvalConfig, out_dir: Path) -> Report:
+    """The set ``name`` of the eval section ``cfg`` (a built-in, or the user's file its entry
+    names), the first ``cfg.max_items`` items, as ``out_dir/items.jsonl``."""
+    entry = next((s for s in cfg.sets if s.name == name), None)
+    items, info = load_items(
+        name,
+        path=entry.path if entry else None,
+        verifier=entry.verifier if entry else "exact",
+        max_items=cfg.max_items,
+    )
+    write_items(items, Path(out_dir) / ITEMS_FILE)
+    return Report(
+        counts={"items": info.items, "available": info.available},
+        values={"license": info.license, "source": info.source, "verifier": info.verifier},
+        extra={"info": info.as_dict()},
+    )
+
+
+def read_set(version_dir: Path) -> list[dict]:
+    """The items :func:`build_set` wrote under ``version_dir``."""
+    return read_items(Path(version_dir) / ITEMS_FILE)

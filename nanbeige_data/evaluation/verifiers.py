@@ -18,15 +18,9 @@ signature ``fn(answer_text, item)`` over an eval item dict, for evaluation and R
   explicit forms ("the answer is a number" chooses nothing).
 * Exact: the boxed / "answer is" part, else the whole text, compared after case, whitespace,
   punctuation and ``\\text{}`` normalization.
-* Code (HumanEval style): prompt + completion + tests + ``check(entry_point)`` run in a fresh
-  ``python -I`` in a temporary directory, under rlimits (address space, CPU seconds, file
-  size, no core files) set by a tiny wrapper that then ``exec``s the program (``preexec_fn`` is
-  unsafe in threaded callers), in a new session with stdin closed and a minimal environment.
-  A watchdog kills the whole process group at the wall-clock limit, or when the run holds more
-  than ``MAX_PROCESSES`` processes; afterwards every process still carrying the run's
-  environment token (children that left the session with ``setsid``) is killed too. The tests
-  print a random sentinel after ``check`` (stored reversed in the program), so a completion
-  that exits early with status 0, or prints its own source first, fails.
+* Code (HumanEval style): prompt + completion (the first fenced block of a chat answer) +
+  tests + ``check(entry_point)`` run to the end in :mod:`nanbeige_data.sandbox` (rlimits, a
+  process-group watchdog, a sentinel the program must print); the sandbox's "ok" is "match".
 
 Trade-offs and limits:
 
@@ -38,47 +32,37 @@ Trade-offs and limits:
   watchdog thread -- so the comparison is sent to a long-lived helper process (one per
   concurrent thread, about 60 MB each, started on first use in about a second) that is killed
   and replaced when it runs past the limit.
-* The code sandbox bounds resources and cleans up processes; it is not a security boundary.
-  There is no filesystem or network isolation: the program can read and write anything its
-  user can (as root, everything) and, as root, raise its own rlimits. ``RLIMIT_NPROC`` is not
-  used (it counts all of the user's processes and is ignored for root); the process watchdog
-  polls every 50 ms, so a fork bomb can briefly exceed ``MAX_PROCESSES``. A child that both
-  calls ``setsid`` and re-``exec``s with a cleared environment escapes the final sweep.
+* Code runs: see :mod:`nanbeige_data.sandbox` (it bounds resources; it is not a security
+  boundary).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
-import secrets
 import select
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from nanbeige_data import sandbox
 
 CODE_VERSION = "1"  # bump when a verdict for the same answer and reference can change
 CHOICES = "ABCDEFGHIJ"  # answer letters accepted by default (MMLU-Pro has ten)
 MATH_TIMEOUT_S = 5.0  # wall-clock limit of one math comparison
 HELPER_START_S = 120.0  # a math helper process has this long to import sympy and math-verify
 MAX_ANSWER_CHARS = 1000  # longer extracted answers are compared as text only
-MAX_PROCESSES = 32  # processes a code run may hold at once before it is killed
-FILE_LIMIT_MB = 8  # largest file (stdout included) a code run may write
-OUTPUT_CHARS = 4000  # captured stdout and stderr kept in a verdict (each, tail)
-POLL_S = 0.05  # watchdog period of a code run
-TOKEN_VAR = "NANBEIGE_SANDBOX"  # environment variable that marks a code run's processes
 
 
 @dataclass(frozen=True)
@@ -245,6 +229,7 @@ def _to_sympy(text: str) -> Any:
             return _parse_plain(text)
         except Exception:
             pass  # e.g. "2x + )": let math-verify try it as LaTeX
+    _quiet_math_verify()
     parsed = parse(f"${text}$", parsing_timeout=None)  # type: ignore[arg-type]
     return next((p for p in parsed if not isinstance(p, str)), None)
 
@@ -264,6 +249,7 @@ def _equivalent(answer: str, reference: str) -> bool:
         return _normalize_text(answer) == _normalize_text(reference) != ""
     from math_verify import verify
 
+    _quiet_math_verify()
     if verify(y, x, timeout_seconds=None):
         return True
     import sympy
@@ -275,6 +261,18 @@ def _equivalent(answer: str, reference: str) -> bool:
 
 
 # --------------------------------------------------------------------------- time limits
+
+
+def _no_timeout_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+@functools.cache
+def _quiet_math_verify() -> None:
+    """math-verify warns that its timeouts are off; they are off on purpose (this module's
+    limits below apply), so that notice, and only it, is dropped at math-verify's loggers."""
+    for name in ("math_verify.grader", "math_verify.parser"):
+        logging.getLogger(name).addFilter(_no_timeout_notice)
 
 
 class _Timeout(BaseException):  # BaseException: sympy's and math-verify's `except Exception`
@@ -330,7 +328,11 @@ class _MathHelper:
         _close_helpers_at_exit()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from nanbeige_data.evaluation.verifiers import _serve_math as s; s()"],
+            [
+                sys.executable,
+                "-c",
+                "from nanbeige_data.evaluation.verifiers import _serve_math as s; s()",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # math-verify's log lines
@@ -491,158 +493,6 @@ def verify_exact(answer_text: Any, reference: Any, normalize: bool = True) -> Ve
 
 # --------------------------------------------------------------------------- code
 
-_WRAPPER = """\
-import os, resource, sys
-def cap(kind, soft, hard):
-    try:
-        resource.setrlimit(kind, (soft, hard))
-    except (ValueError, OSError):
-        pass
-memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
-cap(resource.RLIMIT_AS, memory, memory)
-cap(resource.RLIMIT_CPU, cpu, cpu + 1)
-cap(resource.RLIMIT_FSIZE, fsize, fsize)
-cap(resource.RLIMIT_CORE, 0, 0)
-os.execv(sys.executable, [sys.executable, "-I", "-B", "main.py"])
-"""
-
-
-@dataclass(frozen=True)
-class _Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    timed_out: bool
-    too_many: bool
-
-
-def _sandbox_pids(token: str) -> list[int]:
-    """Live processes whose environment carries ``token`` (empty without /proc)."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return []
-    for entry in entries:
-        if entry.name.isdigit():
-            try:
-                environ = Path(entry.path, "environ").read_bytes()
-            except OSError:
-                continue
-            if needle in environ.split(b"\0"):
-                found.append(int(entry.name))
-    return found
-
-
-def _kill_all(proc: subprocess.Popen, token: str) -> None:
-    """SIGKILL the run's process group, then every process that still carries its token."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for _ in range(50):
-        pids = _sandbox_pids(token)
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
-    proc.wait()
-
-
-def _tail(stream: IO[bytes]) -> str:
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(max(0, size - OUTPUT_CHARS * 4))
-    text = stream.read().decode("utf-8", "replace")
-    return text[-OUTPUT_CHARS:]
-
-
-def _run(program: str, timeout_s: float, memory_mb: int) -> _Run:
-    token = secrets.token_hex(8)
-    with (
-        tempfile.TemporaryDirectory(prefix="nanbeige-sandbox-", ignore_cleanup_errors=True) as tmp,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
-        Path(tmp, "main.py").write_text(program, encoding="utf-8")
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": tmp,
-            "TMPDIR": tmp,
-            "LANG": "C.UTF-8",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            TOKEN_VAR: token,
-        }
-        limits = (memory_mb * 2**20, math.ceil(timeout_s) + 1, FILE_LIMIT_MB * 2**20)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WRAPPER, *map(str, limits)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        timed_out = too_many = False
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                try:
-                    proc.wait(timeout=min(POLL_S, left))
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if len(_sandbox_pids(token)) > MAX_PROCESSES:
-                    too_many = True
-                    break
-        finally:
-            _kill_all(proc, token)  # also after a clean exit: background children die here
-        return _Run(proc.returncode, _tail(out), _tail(err), timed_out, too_many)
-
-
-def _last_error_line(stderr: str) -> str:
-    return next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
-
-
-def _classify(run: _Run, sentinel: str | None) -> Verdict:
-    output = (run.stdout + run.stderr)[-OUTPUT_CHARS:]
-    last = _last_error_line(run.stderr)
-    exception = re.match(r"([A-Za-z_][\w.]*)(?::|$)", last)
-    name = exception.group(1).rsplit(".", 1)[-1] if exception else ""
-    if run.timed_out or run.returncode == -signal.SIGXCPU:
-        reason = "timeout"
-    elif run.too_many:
-        reason = f"error: more than {MAX_PROCESSES} processes"
-    elif name == "MemoryError" or run.returncode == -signal.SIGKILL:  # SIGKILL: the OOM killer
-        reason = "memory"
-    elif run.returncode == 0:
-        passed = sentinel is None or sentinel in run.stdout
-        reason = "match" if passed else "error: exited before the tests finished"
-    elif name == "AssertionError":
-        reason = "failed_tests"
-    elif exception:
-        reason = f"error: {last[:200]}"
-    elif run.returncode < 0:
-        reason = f"error: killed by {signal.Signals(-run.returncode).name}"
-    else:
-        reason = f"error: exit code {run.returncode}"
-    return Verdict(reason == "match", reason, None, output)
-
-
-def run_code(program: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Verdict:
-    """Run ``program`` in the sandbox; "match" when it exits 0."""
-    try:
-        return _classify(_run(program, timeout_s, memory_mb), None)
-    except Exception as exc:  # e.g. an unwritable temp dir
-        return _error(exc)
-
 
 def _code_block(completion: str) -> str:
     """The first fenced code block of a chat answer, else the completion as it is."""
@@ -659,18 +509,13 @@ def verify_code(
     timeout_s: float = 5.0,
     memory_mb: int = 512,
 ) -> Verdict:
-    """HumanEval: run prompt + completion + tests + ``check(entry_point)`` in the sandbox."""
+    """HumanEval: run prompt + completion + tests + ``check(entry_point)`` in
+    :mod:`nanbeige_data.sandbox`, to the end (an early clean exit does not pass)."""
     if not isinstance(completion, str) or not completion.strip():
         return Verdict(False, "no_answer", None)
-    sentinel = f"all tests passed {secrets.token_hex(16)}"  # printed, never in the source:
-    program = (  # a program printing its own file does not pass
-        f"{prompt}{_code_block(completion)}\n{test_program}\ncheck({entry_point})\n"
-        f"print({sentinel[::-1]!r}[::-1], flush=True)\n"
-    )
-    try:
-        return _classify(_run(program, timeout_s, memory_mb), sentinel)
-    except Exception as exc:
-        return _error(exc)
+    program = f"{prompt}{_code_block(completion)}\n{test_program}\ncheck({entry_point})\n"
+    run = sandbox.run_code(program, timeout_s=timeout_s, memory_mb=memory_mb, must_finish=True)
+    return Verdict(run.ok, "match" if run.ok else run.reason, None, run.output)
 
 
 # --------------------------------------------------------------------------- registry, metrics

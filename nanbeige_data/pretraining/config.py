@@ -10,8 +10,12 @@ from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
 
 
 class TokenizerConfig(Section):
+    """What ``tokenizer.train_tokenizer`` / ``install_tokenizer`` take, as the recipe says it."""
+
+    # target vocabulary, special tokens included (a small corpus may fall short of it)
     vocab_size: PositiveInt = 8192
     path: str | None = None  # a user-given tokenizer.json instead of training one
+    # ids 0..n-1 when trained here; added at the end of a user-given vocabulary when missing
     special_tokens: list[str] = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -23,6 +27,19 @@ class TokenizerConfig(Section):
         "<tool_response>",
         "</tool_response>",
     ]
+    min_frequency: PositiveInt = 2  # a byte pair must occur this often to be merged
+    eos_token: str = "<|endoftext|>"  # document separator in the shards; also HF's pad token
+
+    @model_validator(mode="after")
+    def _eos_and_room(self) -> TokenizerConfig:
+        if self.eos_token not in self.special_tokens:
+            raise ValueError(f"eos_token {self.eos_token!r} must be one of the special_tokens")
+        if self.vocab_size <= len(self.special_tokens) + 256:
+            raise ValueError(
+                f"vocab_size {self.vocab_size} leaves no room beyond the 256 bytes and "
+                f"{len(self.special_tokens)} special tokens"
+            )
+        return self
 
 
 class ModelConfig(Section):
@@ -87,14 +104,20 @@ class CurriculumConfig(Section):
 
 
 class PretrainConfig(Section):
+    """The trainer's settings; ``nanbeige_train.pretrain.trainer.StageSpec`` carries it whole."""
+
+    # how a stage runs, not what it computes: kept out of the stages' versions
     execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"checkpoint_every", "data_parallel_shard", "tensor_parallel", "nproc_per_node"}
+        {"checkpoint_every", "dtype", "data_parallel_shard", "tensor_parallel", "nproc_per_node"}
     )
 
     batch_size: PositiveInt = 8  # global sequences per micro-step over all data-parallel ranks
     grad_accumulation: PositiveInt = 1
     checkpoint_every: PositiveInt = 50
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # torchtitan's mixed-precision parameter dtype. Training's "auto" is bfloat16 on CUDA and
+    # float32 on every CPU (even one with AVX512-BF16: the CPU run is the correctness run, its
+    # loss checks and the stored reference curve are fp32); see trainer.training_dtype
+    dtype: Dtype = "auto"
     data_parallel_shard: int = -1  # torchtitan FSDP degree (-1: all ranks)
     tensor_parallel: PositiveInt = 1
     nproc_per_node: PositiveInt = 1

@@ -9,6 +9,9 @@ many sequences it draws from each bucket (``"<domain>/<tier>"`` or ``"synthetic/
 ``vanilla_plan`` is the ablation's baseline: the same stages and LR with one mixture throughout
 (the token-weighted average), so both plans draw the same tokens per bucket in a different order.
 A plan is JSON (``Plan.to_dict``/``Plan.from_dict``); the training process reads its stages back.
+``build_plans`` (the ``fgwsd_plan`` version: both plans as ``PLAN_FILE``/``VANILLA_FILE``) and
+``write_stage_plan`` (a ``plan_<stage>`` version: ``STAGE_PLAN_FILE``) are what the assets call;
+``check_plans`` and ``check_stage_plan`` are their gates.
 
 Decisions and trade-offs:
 
@@ -45,10 +48,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from nanbeige_data.recipe import CurriculumConfig, PretrainConfig
-from nanbeige_data.report import figure_markdown
+from nanbeige_data.pretraining.config import CurriculumConfig, PretrainConfig
+from nanbeige_data.report import Report, figure_markdown
 
 CODE_VERSION = "1"
+# the files of an fgwsd_plan version (both plans, the schedule plot) and of a plan_<stage> one
+PLAN_FILE, VANILLA_FILE, PLAN_PLOT = "fgwsd.json", "vanilla_wsd.json", "plan.png"
+STAGE_PLAN_FILE = "stage_plan.json"
 LrKind = Literal["warmup", "constant", "decay"]
 DecayShape = Literal["linear", "cosine", "sqrt"]
 _REL_TOL = 1e-12
@@ -357,6 +363,66 @@ def lr_at(plan: Plan, global_step: int) -> float:
     ends = [s.start_step + s.steps for s in plan.stages]
     stage = plan.stages[bisect_left(ends, global_step)]
     return plan.lr_peak * lr_factor(stage, global_step - stage.start_step, plan)
+
+
+# --- the versions the assets write -------------------------------------------------------
+
+
+def build_plans(
+    curriculum: CurriculumConfig,
+    pretrain: PretrainConfig,
+    bucket_tokens: Mapping[str, int],
+    out_dir: Path,
+    *,
+    high_quality_epochs: float,
+) -> Report:
+    """The ``fgwsd_plan`` version: the FG-WSD plan for the train tokens per bucket, the
+    vanilla-WSD plan beside it, and the schedule plot comparing them."""
+    out_dir = Path(out_dir)
+    plan = plan_curriculum(
+        curriculum,
+        pretrain,
+        bucket_tokens=bucket_tokens,
+        high_quality_epochs=high_quality_epochs,
+    )
+    vanilla = vanilla_plan(plan)
+    (out_dir / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2))
+    (out_dir / VANILLA_FILE).write_text(json.dumps(vanilla.to_dict(), indent=2))
+    return Report(
+        counts={"steps": plan.total_steps, "tokens": plan.total_tokens},
+        markdown={
+            "plan": plan_table_markdown(plan),
+            "schedule": plot_plan(plan, out_dir / PLAN_PLOT, compare=vanilla),
+            "vanilla_wsd": plan_table_markdown(vanilla),
+        },
+    )
+
+
+def write_stage_plan(plan_dir: Path, stage: str, out_dir: Path) -> Report:
+    """A ``plan_<stage>`` version: the slice of the FG-WSD plan in ``plan_dir`` that
+    ``stage`` trains on (see :func:`stage_slice`)."""
+    part = stage_slice(Plan.load(Path(plan_dir) / PLAN_FILE), stage)
+    (Path(out_dir) / STAGE_PLAN_FILE).write_text(json.dumps(part.to_dict(), indent=2))
+    entry = next(s for s in part.stages if s.name == stage)
+    return Report(counts={"steps": entry.steps, "tokens": entry.tokens, "stages": len(part.stages)})
+
+
+def check_plans(plan_dir: Path, curriculum: CurriculumConfig) -> tuple[bool, dict]:
+    """The ``fgwsd_plan`` gate: both plans valid for the recipe's curriculum."""
+    problems = {
+        name: check_plan(Plan.load(Path(plan_dir) / name), curriculum)
+        for name in (PLAN_FILE, VANILLA_FILE)
+    }
+    return not any(problems.values()), {"problems": problems}
+
+
+def check_stage_plan(plan_dir: Path, stage: str) -> tuple[bool, dict]:
+    """A ``plan_<stage>`` gate: the slice is a valid plan and holds its stage."""
+    plan = Plan.load(Path(plan_dir) / STAGE_PLAN_FILE)
+    problems = check_plan(plan)
+    if stage not in [s.name for s in plan.stages]:
+        problems.append(f"stage {stage!r} is not in its slice")
+    return not problems, {"problems": problems}
 
 
 # --- checks ------------------------------------------------------------------------------

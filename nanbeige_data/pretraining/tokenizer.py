@@ -14,6 +14,10 @@ which ``transformers.AutoTokenizer`` and torchtitan's ``HuggingFaceTokenizer`` b
   BOS equal to EOS would put two EOS between every pair of documents.
 * a ChatML ``chat_template`` (``<|im_start|>role\\n...<|im_end|>\\n``) for post-training.
 
+``build_tokenizer`` and ``build_token_shards`` are what the curriculum assets call: each fills a
+version directory (file names below) and returns its :class:`~nanbeige_data.report.Report`;
+``check_roundtrip`` and ``check_shards`` are the assets' gates.
+
 ``write_token_shards`` joins the corpus with its quality tiers (DuckDB), drops rejected
 documents, splits every ``{domain}/{tier}`` bucket into train and held-out documents by a
 hash of (seed, id), and streams each split into one flat file of ids (``np.uint16`` below
@@ -49,7 +53,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -59,10 +63,17 @@ import numpy as np
 import polars as pl
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from nanbeige_data.recipe import TokenizerConfig
+from nanbeige_data.pretraining.config import TokenizerConfig
+from nanbeige_data.report import Report, md_table
 
 CODE_VERSION = "1"  # bump when the bytes written for the same input change
 SPECIAL_TOKENS: tuple[str, ...] = tuple(TokenizerConfig().special_tokens)  # the recipe's
+# the files of a tokenizer version and of a token-shards version
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+ROUNDTRIP_FILE = "roundtrip_sample.json"  # the documents the round-trip gate re-encodes
+INDEX_FILE, INDEX_TABLE = "index.json", "index.parquet"
+ROUNDTRIP_DOCS_PER_DOMAIN = 50
 TIERS = ("rejected", "diverse", "high")
 SPLITS = ("train", "val")
 TIER_COLUMNS = ("id", "domain", "tier")
@@ -72,20 +83,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+TIERS_TABLE = "tiers.parquet"  # the quality_tiers version's table (nanbeige_data.refinery.tiers)
 _SAMPLE_DOCS = 2000  # training documents kept (reservoir) to measure chars per token
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class TokenizationError(ValueError):
     """Bad tokenizer or shard input; the message starts with the file it is about."""
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    vocab_size: int  # target vocabulary, special tokens included (a small corpus may fall short)
-    special_tokens: tuple[str, ...] = SPECIAL_TOKENS  # ids 0..n-1 when trained here
-    min_frequency: int = 2  # a pair must occur this often to be merged
-    eos_token: str = "<|endoftext|>"  # document separator; also HF's pad token
 
 
 @dataclass
@@ -149,10 +153,53 @@ class ShardIndex:
 # --------------------------------------------------------------------------- tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], spec: TokenizerSpec, out_dir: Path) -> TokenizerStats:
+def build_tokenizer(
+    corpus_dir: Path,
+    spec: TokenizerConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """The ``tokenizer`` version: trained on the refined corpus in ``corpus_dir`` (or the
+    recipe's ``path`` installed), plus the seeded sample its round-trip gate re-encodes."""
+    out_dir = Path(out_dir)
+    sample = roundtrip_sample(corpus_dir, ROUNDTRIP_DOCS_PER_DOMAIN, seed)
+    if spec.path:
+        stats = install_tokenizer(spec.path, spec, out_dir, sample=[t for _, t in sample])
+    else:
+        stats = train_tokenizer(corpus_texts(corpus_dir), spec, out_dir)
+    _write_text(out_dir / ROUNDTRIP_FILE, json.dumps(sample))
+    if log is not None:
+        log(f"tokenizer: {stats.vocab_size} ids, {stats.chars_per_token:.2f} chars/token")
+    return Report(
+        counts={"vocab_size": stats.vocab_size, "documents": stats.documents},
+        json={"special_tokens": stats.special_token_ids},
+        values={"chars_per_token": round(stats.chars_per_token, 3), "seconds": stats.seconds},
+        extra={"stats": stats.as_dict()},
+    )
+
+
+def check_roundtrip(tokenizer_dir: Path) -> tuple[bool, dict]:
+    """The gate: the stored sample decodes back exactly (documents, exact, first failures)."""
+    sample = json.loads((Path(tokenizer_dir) / ROUNDTRIP_FILE).read_text())
+    result = roundtrip(tokenizer_dir, [tuple(x) for x in sample])
+    return result.ok, {
+        "documents": result.documents,
+        "exact": result.exact,
+        "failures": [list(f) for f in result.failures[:10]],
+    }
+
+
+def vocab_size(tokenizer_dir: Path) -> int:
+    """Ids in a tokenizer directory's vocabulary, added tokens included (the model's rows)."""
+    tok, _ = load_tokenizer(tokenizer_dir)
+    return tok.get_vocab_size()
+
+
+def train_tokenizer(texts: Iterable[str], spec: TokenizerConfig, out_dir: Path) -> TokenizerStats:
     """Train byte-level BPE on ``texts`` and write the tokenizer directory."""
     started = time.monotonic()
-    _check_spec(spec)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -172,11 +219,10 @@ def train_tokenizer(texts: Iterable[str], spec: TokenizerSpec, out_dir: Path) ->
 
 
 def install_tokenizer(
-    path: Path, spec: TokenizerSpec, out_dir: Path, *, sample: Iterable[str] = ()
+    path: Path | str, spec: TokenizerConfig, out_dir: Path, *, sample: Iterable[str] = ()
 ) -> TokenizerStats:
     """Use a given ``tokenizer.json``: add the spec's missing special tokens, write the dir."""
     started = time.monotonic()
-    _check_spec(spec)
     path = Path(path)
     if not path.is_file():
         raise TokenizationError(f"{path}: tokenizer file does not exist")
@@ -197,7 +243,7 @@ def install_tokenizer(
 def load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
     """The tokenizer set up for document text (special strings stay text) and its EOS id."""
     tokenizer_dir = Path(tokenizer_dir)
-    tok_path, cfg_path = tokenizer_dir / "tokenizer.json", tokenizer_dir / "tokenizer_config.json"
+    tok_path, cfg_path = tokenizer_dir / TOKENIZER_FILE, tokenizer_dir / TOKENIZER_CONFIG_FILE
     for needed in (tok_path, cfg_path):
         if not needed.is_file():
             raise TokenizationError(f"{needed}: missing from the tokenizer directory")
@@ -249,15 +295,8 @@ class _Seen:
             yield text
 
 
-def _check_spec(spec: TokenizerSpec) -> None:
-    if spec.eos_token not in spec.special_tokens:
-        raise ValueError(f"eos_token {spec.eos_token!r} must be one of the special tokens")
-    if spec.vocab_size <= len(spec.special_tokens) + 256:
-        raise ValueError(f"vocab_size {spec.vocab_size} leaves no room beyond bytes and specials")
-
-
 def _stats(
-    tok: Tokenizer, spec: TokenizerSpec, seen: _Seen, source: str, started: float
+    tok: Tokenizer, spec: TokenizerConfig, seen: _Seen, source: str, started: float
 ) -> TokenizerStats:
     ids = {t: tok.token_to_id(t) for t in spec.special_tokens}
     tok.encode_special_tokens = True
@@ -274,7 +313,7 @@ def _stats(
     )
 
 
-def _save(tok: Tokenizer, spec: TokenizerSpec, out_dir: Path) -> None:
+def _save(tok: Tokenizer, spec: TokenizerConfig, out_dir: Path) -> None:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json, each written whole."""
     out_dir.mkdir(parents=True, exist_ok=True)
     decoder = tok.get_added_tokens_decoder()
@@ -309,9 +348,9 @@ def _save(tok: Tokenizer, spec: TokenizerSpec, out_dir: Path) -> None:
         "pad_token": spec.eos_token,
         "additional_special_tokens": extra,
     }
-    _write_text(out_dir / "tokenizer.json", tok.to_str(pretty=True))
-    _write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _write_text(out_dir / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+    _write_text(out_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
+    _write_text(out_dir / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    _write_text(out_dir / SPECIAL_TOKENS_MAP_FILE, json.dumps(special_map, indent=2) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -321,6 +360,53 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- shards
+
+
+def build_token_shards(
+    corpus_dir: Path,
+    tiers_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """The ``token_shards`` version: the refined corpus's kept documents per bucket and split,
+    plus the reasoning held-out set the ablation scores."""
+    index = write_token_shards(
+        str(Path(corpus_dir) / "*.parquet"),
+        Path(tiers_dir) / TIERS_TABLE,
+        tokenizer_dir,
+        out_dir,
+        seed=seed,
+        extra_heldout={"reasoning": reasoning_heldout()},
+    )
+    if log is not None:
+        log(f"token_shards: {index.total_tokens} tokens at {index.tokens_per_second:,.0f} tok/s")
+    rows = [(r.bucket, r.split, r.documents, r.tokens) for r in index.rows]
+    return Report(
+        counts={"tokens": index.total_tokens, "files": len(index.rows)},
+        markdown={"buckets": md_table(("bucket", "split", "documents", "tokens"), rows, "llrr")},
+        json={"skipped": index.skipped},
+        values={"tokens_per_second": round(index.tokens_per_second)},
+        extra={"index": index.as_dict()},
+    )
+
+
+def check_shards(shards_dir: Path) -> tuple[bool, dict]:
+    """The gate: every file holds exactly the tokens the index says; no train bucket is empty."""
+    index = load_index(shards_dir)
+    wrong = [
+        r.path
+        for r in index.rows
+        if (Path(shards_dir) / r.path).stat().st_size != r.tokens * np.dtype(r.dtype).itemsize
+    ]
+    empty = [r.bucket for r in index.rows if r.split == "train" and r.tokens == 0]
+    return not wrong and not empty, {
+        "files": len(index.rows),
+        "size_mismatch": wrong,
+        "empty_train_buckets": empty,
+    }
 
 
 def write_token_shards(
@@ -397,7 +483,7 @@ def open_shard(path: Path, dtype: str) -> np.memmap:
 
 
 def load_index(out_dir: Path) -> ShardIndex:
-    path = Path(out_dir) / "index.json"
+    path = Path(out_dir) / INDEX_FILE
     if not path.is_file():
         raise TokenizationError(f"{path}: no shard index")
     raw = json.loads(path.read_text())
@@ -538,9 +624,9 @@ class _Writer:
 
 def _write_index(index: ShardIndex, out_dir: Path) -> None:
     frame = pl.DataFrame([asdict(r) for r in index.rows])
-    frame.write_parquet(out_dir / "index.parquet.tmp")
-    (out_dir / "index.parquet.tmp").replace(out_dir / "index.parquet")
-    _write_text(out_dir / "index.json", json.dumps(index.as_dict(), indent=2) + "\n")
+    frame.write_parquet(out_dir / (INDEX_TABLE + ".tmp"))
+    (out_dir / (INDEX_TABLE + ".tmp")).replace(out_dir / INDEX_TABLE)
+    _write_text(out_dir / INDEX_FILE, json.dumps(index.as_dict(), indent=2) + "\n")
 
 
 # --- inputs the curriculum assets hand to this module -------------------------------------

@@ -3,6 +3,7 @@ tiers, and how datatrove stages execute."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -11,27 +12,240 @@ from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
 
 
 class TagDimension(Section):
-    name: str
-    kind: Literal["content", "format"]
-    question: str
+    name: str  # column name in the score tables
+    kind: Literal["content", "format"]  # content dimensions are weighted over format ones
+    question: str  # what the judge is asked; answered with one digit 0..9
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in ("id", "domain", "split", "content_score", "format_score"):
+            raise ValueError(f"tag dimension name {v!r} is a reserved score-table column")
+        return v
+
+
+# --------------------------------------------------------------------------- datatrove stages
+# The filter chain of each domain: which filters run, in pipeline order, and their thresholds,
+# named as datatrove names them. In a recipe a domain lists only what differs from today's chain
+# below (merged key by key); `null` switches a filter or a single rule off.
+OpenFraction = Annotated[float, Field(gt=0.0, le=1.0)]  # 0 would silently mean "off" in datatrove
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NGramLimits = tuple[tuple[PositiveInt, OpenFraction], ...]  # (n, max share of characters)
+
+
+class GopherRepetitionRules(Section):
+    """datatrove's GopherRepetitionFilter: shares of duplicated lines, paragraphs and n-grams."""
+
+    dup_line_frac: OpenFraction | None = 0.3  # duplicated lines / lines
+    dup_para_frac: OpenFraction | None = 0.3  # duplicated paragraphs / paragraphs
+    dup_line_char_frac: OpenFraction | None = 0.2  # characters in duplicated lines / characters
+    dup_para_char_frac: OpenFraction | None = 0.2
+    top_n_grams: NGramLimits = ((2, 0.2), (3, 0.18), (4, 0.16))  # the most frequent n-gram
+    dup_n_grams: NGramLimits = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.1))
+
+
+class GopherQualityRules(Section):
+    """datatrove's GopherQualityFilter: document length, word lengths, symbols, stop words."""
+
+    min_doc_words: PositiveInt | None = 50
+    max_doc_words: PositiveInt | None = 100_000
+    min_avg_word_length: PositiveFloat | None = 3
+    max_avg_word_length: PositiveFloat | None = 10
+    max_symbol_word_ratio: OpenFraction | None = 0.1  # "#" and ellipses per word
+    max_bullet_lines_ratio: OpenFraction | None = 0.9
+    max_ellipsis_lines_ratio: OpenFraction | None = 0.3
+    max_non_alpha_words_ratio: OpenFraction | None = 0.8  # min share of words with a letter
+    min_stop_words: PositiveInt | None = 2
+    stop_words: tuple[str, ...] | None = None  # None: datatrove's English list
+
+
+class C4QualityRules(Section):
+    """C4's rules as a document filter (lines are judged, the text is kept verbatim)."""
+
+    split_paragraph: bool = True  # judge lines (True) or regex sentences (False)
+    remove_citations: bool = True  # "[1]" markers do not count against a line
+    filter_no_terminal_punct: bool = False  # C4 drops lines without final punctuation; FineWeb not
+    min_num_sentences: PositiveInt | None = 5  # fewer sentences in kept lines: "too_few_sentences"
+    min_words_per_line: PositiveInt | None = 3  # shorter lines are not counted
+    max_word_length: PositiveInt | None = 1000  # lines with a longer word are not counted
+    filter_lorem_ipsum: bool = True  # "lorem ipsum" anywhere drops the document
+    filter_javascript: bool = True  # lines mentioning javascript are not counted
+    filter_curly_bracket: bool = True  # a "{" anywhere drops the document ("curly_bracket")
+    filter_policy: bool = True  # cookie/terms-of-use lines are not counted
+
+
+class FineWebQualityRules(Section):
+    """datatrove's FineWebQualityFilter (lines ending in punctuation also accept closing quotes)."""
+
+    line_punct_thr: OpenFraction | None = 0.12  # fewer lines ending in punctuation: dropped
+    line_punct_exclude_zero: bool = False  # True: a text with no such line at all is kept
+    short_line_thr: OpenFraction | None = 0.67  # more lines of <= short_line_length chars: dropped
+    short_line_length: PositiveInt = 30
+    char_duplicates_ratio: OpenFraction | None = 0.01  # chars in duplicated lines / all chars
+    new_line_ratio: PositiveFloat | None = 0.3  # newlines per word ("list_ratio")
+
+
+class CodeQualityRules(Section):
+    """StarCoder / The Stack rules for source files, plus a repeated-lines guard."""
+
+    max_line_length: PositiveInt | None = 1000  # any longer line: minified or data blob
+    max_mean_line_length: PositiveFloat | None = 100.0
+    min_alphanumeric_fraction: OpenFraction | None = 0.25
+    min_lines: PositiveInt | None = 3  # non-blank lines
+    max_duplicate_line_fraction: OpenFraction | None = 0.7  # stdlib's worst chunk: 0.44
+    autogenerated_head_lines: PositiveInt | None = 5  # lines searched for "do not edit" etc.
+
+
+class DomainFilters(Section):
+    """One domain's chain after the sanity checks (which always run), in this order."""
+
+    language_id: bool = True  # py3langid: the text is in `language` with `min_language_score`
+    gopher_repetition: GopherRepetitionRules | None = GopherRepetitionRules()
+    gopher_quality: GopherQualityRules | None = GopherQualityRules()
+    c4_quality: C4QualityRules | None = C4QualityRules()
+    fineweb_quality: FineWebQualityRules | None = FineWebQualityRules()
+    code_quality: CodeQualityRules | None = None
+
+    def enabled(self) -> list[str]:
+        """Names of the filters that run, in pipeline order."""
+        fields = type(self).model_fields
+        return [name for name in fields if getattr(self, name) not in (None, False)]
+
+
+# Today's chains; why each threshold differs from datatrove's: nanbeige_data/refinery/filters.py
+PROSE_CHAINS: dict[str, DomainFilters] = {
+    # passages and news items: 5 C4 sentences dropped 15%
+    "web": DomainFilters(c4_quality=C4QualityRules(min_num_sentences=3)),
+    # plays and verse: speaker names repeat, short lines, rapid dialogue, OCR'd brackets
+    "books": DomainFilters(
+        gopher_repetition=GopherRepetitionRules(dup_line_frac=0.4),
+        c4_quality=C4QualityRules(filter_curly_bracket=False),
+        fineweb_quality=FineWebQualityRules(
+            char_duplicates_ratio=0.2,
+            short_line_thr=0.9,
+            new_line_ratio=0.4,
+            line_punct_exclude_zero=True,
+        ),
+    ),
+    # abstracts: short, with LaTeX and statistics notation
+    "papers": DomainFilters(
+        c4_quality=C4QualityRules(min_num_sentences=3, filter_curly_bracket=False)
+    ),
+}
+# code: no language id, no prose rules (Gopher repetition dropped 9% of real stdlib files)
+CODE_CHAIN = DomainFilters(
+    language_id=False,
+    gopher_repetition=None,
+    gopher_quality=None,
+    c4_quality=None,
+    fineweb_quality=None,
+    code_quality=CodeQualityRules(),
+)
+
+
+def _merge(default: dict, given: dict) -> dict:
+    """``given`` over ``default``, mappings merged key by key (a None or a scalar replaces)."""
+    out = dict(default)
+    for key, value in given.items():
+        base = default.get(key)
+        nested = isinstance(value, dict) and isinstance(base, dict)
+        out[key] = _merge(base, value) if nested else value
+    return out
+
+
+FILTER_DOMAINS = ("web", "books", "code", "papers")  # corpus.DOMAINS (not imported: cheap parse)
 
 
 class FilterConfig(Section):
-    language: str = "en"  # documents in other languages are dropped (prose domains)
+    language: str = "en"  # documents in other languages are dropped (where language_id runs)
     min_language_score: Fraction = 0.65
     max_doc_chars: PositiveInt = 1_000_000  # longer documents are dropped as "too_long"
     max_replacement_fraction: Fraction = 0.01  # more U+FFFD than this: "bad_encoding"
+    examples_per_filter: PositiveInt = 5  # dropped documents per filter shown in the metadata
+    # each domain's chain (a recipe gives only what differs; see DomainFilters)
+    web: DomainFilters = PROSE_CHAINS["web"]
+    books: DomainFilters = PROSE_CHAINS["books"]
+    code: DomainFilters = CODE_CHAIN
+    papers: DomainFilters = PROSE_CHAINS["papers"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_todays_chains(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for domain in FILTER_DOMAINS:
+            given = data.get(domain)
+            if isinstance(given, dict):
+                default = cls.model_fields[domain].default.model_dump()
+                merged[domain] = _merge(default, given)
+        return merged
+
+    def chain(self, domain: str) -> DomainFilters:
+        """The filter chain of ``domain``; ValueError for a domain the corpus does not have."""
+        if domain not in FILTER_DOMAINS:
+            raise ValueError(
+                f"unknown domain {domain!r} for filtering; expected one of {FILTER_DOMAINS}"
+            )
+        return getattr(self, domain)
 
 
 class DedupConfig(Section):
     ngram: PositiveInt = 5  # MinHash shingle size in words
-    buckets: PositiveInt = 14
-    hashes_per_bucket: PositiveInt = 8
+    buckets: PositiveInt = 14  # LSH bands; more bands catch lower-similarity pairs
+    hashes_per_bucket: PositiveInt = 8  # hashes per band; more hashes demand higher similarity
+    tokenizer: Literal["regex", "spacy"] = "regex"  # MinHash words (see refinery/dedup.py)
+    examples: PositiveInt = 5  # duplicate clusters of each kind shown in the metadata
 
 
 class DecontaminationConfig(Section):
     ngram: PositiveInt = 13  # a document sharing an n-gram with any eval item is removed
-    min_overlaps: PositiveInt = 1
+    min_overlaps: PositiveInt = 1  # ... or this many distinct eval n-grams
+
+
+class ExecutionConfig(Section):
+    """How the datatrove stages (filters, dedup, decontamination) run; never part of a version.
+
+    ``ray`` needs the ``ray`` package (checked when the recipe is read, before any asset runs);
+    ``slurm`` submits from this host with ``sbatch`` and needs a partition and a ``work_dir``
+    that every node sees."""
+
+    executor: Literal["local", "slurm", "ray"] = "local"
+    workers: PositiveInt = 2  # datatrove tasks per stage (local: processes, capped at the shards)
+    work_dir: str = ""  # datatrove logs and intermediate files; "": the stage's local scratch dir
+    slurm_partition: str = ""
+    slurm_time: str = "04:00:00"  # time limit per Slurm task
+    slurm_cpus_per_task: PositiveInt = 1
+    slurm_mem_per_cpu_gb: PositiveInt = 2
+    slurm_qos: str = "normal"  # "": no --qos directive
+    slurm_sbatch_args: dict[str, str] = {}  # more #SBATCH directives, e.g. {account: proj}
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "executor",
+            "workers",
+            "work_dir",
+            "slurm_partition",
+            "slurm_time",
+            "slurm_cpus_per_task",
+            "slurm_mem_per_cpu_gb",
+            "slurm_qos",
+            "slurm_sbatch_args",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _runnable_here(self) -> ExecutionConfig:
+        if self.executor == "slurm" and not (self.slurm_partition and self.work_dir):
+            raise ValueError(
+                "executor 'slurm' needs slurm_partition and work_dir (a directory every node sees)"
+            )
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError(
+                "executor 'ray' needs Ray, which is not installed here: "
+                "pip install -e '.[ray]' (the project's ray extra: datatrove[ray])"
+            )
+        return self
 
 
 class TaggingConfig(Section):
@@ -39,9 +253,22 @@ class TaggingConfig(Section):
         "smollm2-135m-instruct"  # packaged GGUF, a model path, or http://host/v1::model
     )
     sample: PositiveInt = 200  # documents the LLM judge labels; a classifier scores the rest
-    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
-    max_doc_tokens: PositiveInt = 384
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25  # labels kept for agreement
+    max_doc_tokens: PositiveInt = 384  # document tokens the judge reads (the rest is cut)
     dimensions: list[TagDimension] = []
+    # the classifier: hashed word 1..ngram_max grams (TF-IDF) + text statistics + domain -> ridge
+    hash_features: PositiveInt = 2**18
+    ngram_max: PositiveInt = 2
+    ridge_alpha: Annotated[float, Field(gt=0)] = 1.0
+    domain_weight: Annotated[float, Field(ge=0)] = 2.0  # scale of the domain one-hot
+    # how it runs, not what it computes (kept out of the version)
+    dtype: Dtype = "auto"  # the local judge's torch dtype; auto: bf16 only where native
+    torch_threads: PositiveInt = 2  # torch intra-op threads for the local judge (process-wide)
+    classify_batch: PositiveInt = 2048  # documents per classifier batch when scoring every shard
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"dtype", "torch_threads", "classify_batch"}
+    )
 
     @field_validator("dimensions")
     @classmethod
@@ -56,10 +283,17 @@ class TaggingConfig(Section):
 
 class RetrievalConfig(Section):
     exemplars: list[str] = ["reasoning_gym", "britannica"]  # named high-quality exemplar sets
-    exemplars_per_set: PositiveInt = 64
-    top_k: PositiveInt = 50
-    rrf_k: PositiveInt = 60
-    embed_max_chars: PositiveInt = 1000
+    exemplars_per_set: PositiveInt = 64  # exemplars drawn (seeded) from each named set
+    top_k: PositiveInt = 50  # fused hits kept per exemplar query
+    rrf_k: PositiveInt = 60  # reciprocal-rank-fusion constant (in the fusion and the raw score)
+    embed_max_chars: PositiveInt = 1000  # text embedded and indexed per document (MiniLM: 256 tok)
+    vector_index_min_rows: PositiveInt = 50_000  # from this many rows on, an IVF_FLAT index
+    # how it runs, not what it computes (kept out of the version)
+    dtype: Dtype = "auto"  # the embedder's torch dtype; auto: bf16 only where native
+    batch_size: PositiveInt = 64  # texts per forward pass of the embedder
+    torch_threads: PositiveInt = 2  # torch intra-op threads for the embedder (process-wide)
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"dtype", "batch_size", "torch_threads"})
 
 
 class TierConfig(Section):
@@ -71,6 +305,7 @@ class TierConfig(Section):
     cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utility: < a rejected, >= b high
     quantiles: tuple[float, float] = (0.2, 0.6)  # the same cuts as utility quantiles
     high_quality_epochs: Annotated[float, Field(ge=2.0)] = 2.0  # paper: upsampled >= 2 epochs
+    diverse_epochs: Annotated[float, Field(gt=0)] = 1.0  # the diverse tier is seen this often
     min_kept_fraction: Fraction = 0.2  # gate: at least this share of documents is kept
     high_fraction_bounds: tuple[Fraction, Fraction] = (0.05, 0.8)  # gate on the high tier's share
 
@@ -90,13 +325,12 @@ class TierConfig(Section):
 
 
 class RefineryConfig(Section):
-    executor: Literal["local", "slurm", "ray"] = "local"  # datatrove executor
-    workers: PositiveInt = 2  # datatrove tasks
-    slurm_partition: str = ""  # for executor: slurm
-    slurm_time: str = "04:00:00"
+    execution: ExecutionConfig = ExecutionConfig()  # how filters, dedup and decontamination run
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     tagging: TaggingConfig = TaggingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     tiers: TierConfig = TierConfig()
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"execution"})

@@ -8,9 +8,10 @@ system prompts are shared instructions, not items), and a fixed seeded sample of
 window is hashed (xxhash64 per word, combined by a polynomial rolling hash) into a sorted
 NumPy array, so a document is checked with one vectorised ``searchsorted``.
 
-The corpus is filtered by a datatrove pipeline, ``ParquetReader -> DecontaminationFilter ->
-ParquetWriter`` on a ``LocalPipelineExecutor``; removed documents go to ``out_dir/removed/``
-with the benchmark, the item and the first matching n-gram.
+The corpus is filtered by a datatrove pipeline, ``CorpusReader -> DecontaminationFilter ->
+corpus_writer`` on the recipe's datatrove executor (``refinery.execution``: local, Slurm or
+Ray); removed documents go to ``out_dir/removed/`` with the benchmark, the item and the first
+matching n-gram. ``decontaminate`` returns a Report (counts, removals per benchmark, examples).
 
 Trade-offs:
 
@@ -45,7 +46,18 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import ParquetWriter
 
 from nanbeige_data.corpus.build import SCHEMA, CorpusError
-from nanbeige_data.refinery.dedup import corpus_reader, corpus_shards, corpus_writer, run_local
+from nanbeige_data.refinery.config import DecontaminationConfig, ExecutionConfig
+from nanbeige_data.refinery.docs import (
+    CorpusReader,
+    Stage,
+    corpus_shards,
+    corpus_writer,
+    row_count,
+    run_stages,
+    work_dir,
+    write_row,
+)
+from nanbeige_data.report import Report, md_table
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input and eval sets change
 MIN_SHORT_WORDS = 8  # a shorter-than-ngram item is indexed whole only from this many words
@@ -63,15 +75,9 @@ GYM_SIZE, GYM_SEED = 50, 20251206  # the fixed reasoning_gym sample
 AUDIT_FIELDS = ("reason", "benchmark", "item_id", "ngram")
 AUDIT_SCHEMA: pa.Schema = pa.schema([*SCHEMA, *(pa.field(f, pa.string()) for f in AUDIT_FIELDS)])
 EXAMPLES = 10
+LOCAL = ExecutionConfig()  # the default execution: local processes
 _WORD = re.compile(r"\w+")
 _PRIME = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so the rolling hash mixes every word
-
-
-@dataclass(frozen=True)
-class DecontamConfig:
-    ngram: int = 13  # words per n-gram (the common 13-gram rule)
-    min_overlaps: int = 1  # a document is dropped when it shares this many distinct eval n-grams
-    workers: int = 1  # datatrove tasks (and processes) for the filter
 
 
 @dataclass(frozen=True)
@@ -94,9 +100,24 @@ class DecontamStats:
     index_seconds: float = 0.0
     seconds: float = 0.0
     empty_skipped: int = 0  # rows with empty text (datatrove's reader drops them)
+    executor: str = "local"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def report(self) -> Report:
+        removed = md_table(("benchmark", "docs"), self.per_benchmark.items())
+        return Report(
+            counts={
+                "documents_in": self.documents_in,
+                "documents": self.documents_out,
+                "removed": self.removed,
+                "index_ngrams": self.index_ngrams,
+            },
+            markdown={"removed_by_benchmark": removed},
+            json={"eval_items": self.benchmarks, "examples": self.examples},
+            extra={"stats": self.as_dict()},
+        )
 
 
 # --------------------------------------------------------------------------- eval sets
@@ -305,63 +326,54 @@ class DecontaminationFilter(BaseFilter):
 
 
 def _audit_row(self: ParquetWriter, doc: Document) -> dict:
-    m, hit = doc.metadata, doc.metadata.get("decontam", {})
-    row = {
-        "id": doc.id,
-        "text": doc.text,
-        "domain": m["domain"],
-        "source": m["source"],
-        "meta": m["meta"],
-        "reason": m.get("filter_reason", ""),
-    }
+    hit = doc.metadata.get("decontam", {})
+    row = write_row(self, doc) | {"reason": doc.metadata.get("filter_reason", "")}
     return row | {k: str(hit.get(k, "")) for k in ("benchmark", "item_id", "ngram")}
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def _rows(shards: list[Path]) -> int:
-    return sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
-
-
 def decontaminate(
     input_dir: Path,
     out_dir: Path,
-    cfg: DecontamConfig,
-    work_dir: Path,
+    cfg: DecontaminationConfig,
+    work: Path,
+    execution: ExecutionConfig = LOCAL,
     items: Iterable[EvalItem] | None = None,
-) -> DecontamStats:
-    """Filter ``input_dir`` into ``out_dir/*.parquet``; removed docs to ``out_dir/removed/``."""
+) -> Report:
+    """Filter ``input_dir`` into ``out_dir/*.parquet``; removed docs to ``out_dir/removed/``.
+    ``items`` defaults to every shipped eval set; datatrove's logs go to a fresh folder under
+    ``work`` (or ``execution.work_dir``)."""
     start = time.perf_counter()
-    if cfg.ngram < 1 or cfg.min_overlaps < 1 or cfg.workers < 1:
-        raise ValueError(f"DecontamConfig fields must be >= 1, got {cfg}")
     out_dir = Path(out_dir)
     if any(out_dir.glob("*.parquet")):
         raise ValueError(f"{out_dir} already holds *.parquet shards; give a fresh directory")
     shards = corpus_shards(input_dir)
     index = build_ngram_index(eval_items() if items is None else items, cfg.ngram)
-    stats = DecontamStats(documents_in=_rows(shards), index_ngrams=len(index))
+    stats = DecontamStats(documents_in=row_count(shards), index_ngrams=len(index))
     stats.benchmarks, stats.benchmark_ngrams = index_summary(index)
     stats.index_seconds = round(time.perf_counter() - start, 3)
+    stats.executor = execution.executor
     out_dir.mkdir(parents=True, exist_ok=True)
     if stats.documents_in:
         audit = ParquetWriter(
             str(out_dir / "removed"), adapter=_audit_row, schema=AUDIT_SCHEMA, compression="zstd"
         )
         steps = [
-            corpus_reader(Path(input_dir)),
+            CorpusReader(input_dir),
             DecontaminationFilter(index, cfg.min_overlaps, exclusion_writer=audit),
             corpus_writer(out_dir),
         ]
-        logs = Path(work_dir) / f"decontam-logs-{time.time_ns()}"
-        run_local(steps, cfg.workers, cfg.workers, logs)
+        logs = work_dir(execution, work, "decontam-")
+        run_stages([Stage("filter", steps, execution.workers)], execution, logs, "decontam")
     _fill_stats(stats, out_dir)
     stats.seconds = round(time.perf_counter() - start, 3)
-    return stats
+    return stats.report()
 
 
 def _fill_stats(stats: DecontamStats, out_dir: Path) -> None:
-    stats.documents_out = _rows(sorted(out_dir.glob("*.parquet")))
+    stats.documents_out = row_count(sorted(out_dir.glob("*.parquet")))
     audit_files = sorted((out_dir / "removed").glob("*.parquet"))
     cols = ["id", "benchmark", "item_id", "ngram"]
     removed = [r for f in audit_files for r in pq.read_table(f, columns=cols).to_pylist()]
@@ -373,6 +385,11 @@ def _fill_stats(stats: DecontamStats, out_dir: Path) -> None:
         raise RuntimeError(
             f"decontamination removed every one of {stats.documents_in} documents ({out_dir})"
         )
+
+
+def residual_eval_ngrams(corpus_dir: Path, cfg: DecontaminationConfig) -> int:
+    """Distinct n-grams of the shipped eval sets still in a corpus dir (0 after decontaminate)."""
+    return residual_overlaps(corpus_dir, build_ngram_index(eval_items(), cfg.ngram))
 
 
 def residual_overlaps(corpus_dir: Path, index: NGramIndex) -> int:

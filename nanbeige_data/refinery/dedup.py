@@ -1,8 +1,9 @@
 """Remove exact and near-duplicate documents across all domains with datatrove's own stages.
 
-The domains' shards are staged side by side (symlinks in the scratch dir) and read as one
-corpus, so a web page copied into the papers domain is caught. Two passes run on a
-``LocalPipelineExecutor``, stage by stage, as datatrove lays them out:
+The domains' shards are staged side by side (symlinks in the work dir) and read as one
+corpus, so a web page copied into the papers domain is caught. Two passes run on the recipe's
+datatrove executor (``refinery.execution``: local, Slurm or Ray; ``docs.run_stages``), stage
+by stage, as datatrove lays them out:
 
 1. exact: ``ExactDedupSignature`` (xxhash64 of the text) -> ``ExactFindDedups`` ->
    ``ExactDedupFilter``; the first copy read is kept.
@@ -11,8 +12,8 @@ corpus, so a web page copied into the papers domain is caught. Two passes run on
    ``hashes_per_bucket`` hashes); one document per cluster is kept.
 
 Removed documents go to ``out_dir/removed/{exact,near}/`` (the corpus columns plus ``reason``
-and ``cluster``) for audit; the kept ones to ``out_dir/*.parquet`` in the corpus schema
-(datatrove names them ``NNN_part-RRRRR.parquet``: file counter, task rank).
+and ``cluster``) for audit; the kept ones to ``out_dir/part-RRRRR.parquet`` (one per task) in
+the corpus schema. ``dedup_corpus`` returns a Report (counts, per-domain table, clusters).
 
 Trade-offs:
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -46,7 +46,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import (
     MinhashConfig,
@@ -61,29 +60,29 @@ from datatrove.pipeline.dedup.exact_dedup import (
     ExactDedupSignature,
     ExactFindDedups,
 )
-from datatrove.pipeline.readers import ParquetReader
 from datatrove.pipeline.writers import ParquetWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus.build import SCHEMA, check_shards
+from nanbeige_data.corpus.build import SCHEMA
+from nanbeige_data.refinery.config import DedupConfig, ExecutionConfig
+from nanbeige_data.refinery.docs import (
+    CorpusReader,
+    Stage,
+    corpus_shards,
+    corpus_writer,
+    run_stages,
+    work_dir,
+    write_row,
+)
+from nanbeige_data.report import Report
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input change
 AUDIT_SCHEMA: pa.Schema = SCHEMA.append(pa.field("reason", pa.string())).append(
     pa.field("cluster", pa.string())
 )
 SNIPPET_CHARS = 200
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    ngram: int = 5  # MinHash shingle size (words)
-    buckets: int = 14  # LSH bands; more bands catch lower-similarity pairs
-    hashes_per_bucket: int = 8  # hashes per band; more hashes demand higher similarity
-    workers: int = 1  # datatrove tasks (and processes) for the per-document stages
-    executor: str = "local"  # only "local" is wired here (Slurm/Ray need a cluster)
-    examples: int = 5  # duplicate clusters of each kind (exact, near) sampled into stats
-    tokenizer: str = "regex"  # MinHash words: "regex" (fast, offline) or "spacy" (see above)
+LOCAL = ExecutionConfig()  # the default execution: local processes
 
 
 @dataclass
@@ -97,9 +96,20 @@ class DedupStats:
     cluster_examples: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     empty_skipped: int = 0  # rows with empty text (datatrove's reader drops them)
+    executor: str = "local"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def report(self) -> Report:
+        counts = ("documents_in", "documents_out", "exact_removed", "near_removed", "clusters")
+        values = {k: getattr(self, k) for k in counts}
+        values["documents"] = values.pop("documents_out")
+        return Report(
+            counts=values,
+            json={"per_domain": self.per_domain, "cluster_examples": self.cluster_examples},
+            extra={"stats": self.as_dict()},
+        )
 
 
 # --------------------------------------------------------------------------- corpus I/O
@@ -123,11 +133,6 @@ class RegexWordTokenizer(WordTokenizer):
         return [m.span() for m in self._sent.finditer(text) if m.group().strip()]
 
 
-def corpus_shards(folder: Path) -> list[Path]:
-    """The ``*.parquet`` shards of a corpus dir, each checked for the corpus columns."""
-    return check_shards(folder)
-
-
 def domain_counts(shards: list[Path]) -> Counter[str]:
     """Rows per value of the ``domain`` column (reads that column only)."""
     counts: Counter[str] = Counter()
@@ -137,45 +142,17 @@ def domain_counts(shards: list[Path]) -> Counter[str]:
     return counts
 
 
-def _from_row(self: ParquetReader, data: dict, path: str, id_in_file: int | str) -> dict:
-    meta = {"domain": data["domain"], "source": data["source"], "meta": data["meta"]}
-    return {"text": data["text"], "id": data["id"], "metadata": meta}
-
-
-def _to_row(self: ParquetWriter, doc: Document) -> dict:
-    m = doc.metadata
-    return {
-        "id": doc.id,
-        "text": doc.text,
-        "domain": m["domain"],
-        "source": m["source"],
-        "meta": m["meta"],
-    }
-
-
-def corpus_reader(folder: Path) -> ParquetReader:
-    """Reads the top-level ``*.parquet`` of a corpus dir (never ``removed/``) as Documents."""
-    return ParquetReader(str(folder), adapter=_from_row, recursive=False, glob_pattern="*.parquet")
-
-
-def corpus_writer(folder: Path, filename: str = "part-${rank}.parquet") -> ParquetWriter:
-    """Writes Documents as rows with exactly the corpus schema."""
-    return ParquetWriter(
-        str(folder), output_filename=filename, adapter=_to_row, schema=SCHEMA, compression="zstd"
-    )
-
-
 def text_key(text: str) -> str:
     return "exact:" + xxhash.xxh64_hexdigest(text)
 
 
 def _exact_audit_row(self: ParquetWriter, doc: Document) -> dict:
-    return _to_row(self, doc) | {"reason": "exact_duplicate", "cluster": text_key(doc.text)}
+    return write_row(self, doc) | {"reason": "exact_duplicate", "cluster": text_key(doc.text)}
 
 
 def _near_audit_row(self: ParquetWriter, doc: Document) -> dict:
     cluster = f"minhash:{doc.metadata.get('minhash_cluster_id', -1)}"
-    return _to_row(self, doc) | {"reason": "near_duplicate", "cluster": cluster}
+    return write_row(self, doc) | {"reason": "near_duplicate", "cluster": cluster}
 
 
 def _audit_writer(folder: Path, adapter) -> ParquetWriter:
@@ -249,83 +226,59 @@ def _log_line(key: str, doc: Document) -> str:
 
 # --------------------------------------------------------------------------- stages
 
-
-def run_local(
-    pipeline: list, tasks: int, workers: int, logs: Path, executor: str = "local"
-) -> None:
-    """Run one datatrove stage on a ``LocalPipelineExecutor`` (other executors are not wired)."""
-    if executor != "local":
-        raise ValueError(f"executor {executor!r} is not wired in this library; use 'local'")
-    workers = max(1, min(workers, tasks))
-    if workers > 1:
-        _preload_forkserver()
-    LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs)).run()
+_HASH = HashConfig(64, "xxhash")
 
 
-def _run(pipeline: list, tasks: int, cfg: DedupConfig, logs: Path) -> None:
-    run_local(pipeline, tasks, cfg.workers, logs, cfg.executor)
-
-
-def _preload_forkserver() -> None:
-    """Have datatrove's forkserver import this module once, not every pool worker (~2 s each).
-
-    Only takes effect if the forkserver has not started yet in this process; ``__main__`` stays
-    in the list (the multiprocessing default).
-    """
-    import multiprocess
-
-    ctx = multiprocess.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__])
-
-
-def _exact_pass(staged: Path, work: Path, out_dir: Path, cfg: DedupConfig) -> Path:
-    """Exact dedup of the staged corpus; returns the dir of survivors (in scratch)."""
-    exact = ExactDedupConfig(content_getter=_doc_text, hash_config=HashConfig(64, "xxhash"))
-    sigs, dups, kept = work / "exact_sigs", work / "exact_dups", work / "exact_kept"
-    tasks = cfg.workers
-    signature = ExactDedupSignature(str(sigs), config=exact, finder_workers=tasks)
-    _run([corpus_reader(staged), signature], tasks, cfg, work / "logs/exact_1")
-    _run([ExactFindDedups(str(sigs), str(dups), config=exact)], tasks, cfg, work / "logs/exact_2")
+def _exact_stages(staged: Path, work: Path, out_dir: Path, tasks: int) -> list[Stage]:
+    """Exact dedup of the staged corpus; survivors go to ``work/exact_kept``."""
+    exact = ExactDedupConfig(content_getter=_doc_text, hash_config=_HASH)
+    sigs, dups = str(work / "exact_sigs"), str(work / "exact_dups")
     audit = _audit_writer(out_dir / "removed" / "exact", _exact_audit_row)
-    steps = [
-        corpus_reader(staged),
-        ExactDedupFilter(str(dups), config=exact, exclusion_writer=audit),
-        ExactKeptLog(work / "log" / "exact"),
-        corpus_writer(kept),
+    signature = ExactDedupSignature(sigs, config=exact, finder_workers=tasks)
+    return [
+        Stage("exact_1", [CorpusReader(staged), signature], tasks),
+        Stage("exact_2", [ExactFindDedups(sigs, dups, config=exact)], tasks),
+        Stage(
+            "exact_3",
+            [
+                CorpusReader(staged),
+                ExactDedupFilter(dups, config=exact, exclusion_writer=audit),
+                ExactKeptLog(work / "log" / "exact"),
+                corpus_writer(work / "exact_kept"),
+            ],
+            tasks,
+        ),
     ]
-    _run(steps, tasks, cfg, work / "logs/exact_3")
-    return kept
 
 
-def _minhash_pass(source: Path, work: Path, out_dir: Path, cfg: DedupConfig) -> None:
+def _minhash_stages(source: Path, work: Path, out_dir: Path, cfg: DedupConfig, tasks: int):
     """MinHash near-dup removal of ``source``; survivors go to ``out_dir``."""
     tokenizer = RegexWordTokenizer() if cfg.tokenizer == "regex" else "en"
     mh = MinhashConfig(
         n_grams=cfg.ngram,
         num_buckets=cfg.buckets,
         hashes_per_bucket=cfg.hashes_per_bucket,
-        hash_config=HashConfig(64, "xxhash"),
+        hash_config=_HASH,
     )
-    sigs, buckets, clusters = work / "mh_sigs", work / "mh_buckets", work / "mh_clusters"
-    tasks = cfg.workers
+    sigs, buckets, clusters = work / "mh_sigs", str(work / "mh_buckets"), work / "mh_clusters"
     signature = MinhashDedupSignature(str(sigs), config=mh, language=tokenizer)
-    _run([corpus_reader(source), signature], tasks, cfg, work / "logs/minhash_1")
-    _run(
-        [MinhashDedupBuckets(str(sigs), str(buckets), config=mh)],
-        cfg.buckets,
-        cfg,
-        work / "logs/minhash_2",
-    )
-    cluster = MinhashDedupCluster(str(buckets), str(clusters), config=mh, save_cluster_id=True)
-    _run([cluster], 1, cfg, work / "logs/minhash_3")
+    cluster = MinhashDedupCluster(buckets, str(clusters), config=mh, save_cluster_id=True)
     audit = _audit_writer(out_dir / "removed" / "near", _near_audit_row)
-    steps = [
-        corpus_reader(source),
-        ClusterMembersLog(clusters, work / "log" / "near"),
-        MinhashDedupFilter(str(clusters), exclusion_writer=audit, load_cluster_ids=True),
-        corpus_writer(out_dir),
+    return [
+        Stage("minhash_1", [CorpusReader(source), signature], tasks),
+        Stage("minhash_2", [MinhashDedupBuckets(str(sigs), buckets, config=mh)], cfg.buckets),
+        Stage("minhash_3", [cluster], 1),
+        Stage(
+            "minhash_4",
+            [
+                CorpusReader(source),
+                ClusterMembersLog(clusters, work / "log" / "near"),
+                MinhashDedupFilter(str(clusters), exclusion_writer=audit, load_cluster_ids=True),
+                corpus_writer(out_dir),
+            ],
+            tasks,
+        ),
     ]
-    _run(steps, tasks, cfg, work / "logs/minhash_4")
 
 
 def _stage_inputs(inputs: dict[str, Path], staged: Path) -> list[Path]:
@@ -386,40 +339,39 @@ def _per_domain(
     }
 
 
-def _check_config(cfg: DedupConfig) -> None:
-    for name in ("ngram", "buckets", "hashes_per_bucket", "workers"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"DedupConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.tokenizer not in ("regex", "spacy"):
-        raise ValueError(f"DedupConfig.tokenizer must be 'regex' or 'spacy', got {cfg.tokenizer!r}")
-
-
 # --------------------------------------------------------------------------- entry point
 
 
 def dedup_corpus(
-    inputs: dict[str, Path], out_dir: Path, cfg: DedupConfig, work_dir: Path
-) -> DedupStats:
-    """Exact then MinHash dedup of all domains together into ``out_dir/*.parquet``."""
+    inputs: dict[str, Path],
+    out_dir: Path,
+    cfg: DedupConfig,
+    work: Path,
+    execution: ExecutionConfig = LOCAL,
+) -> Report:
+    """Exact then MinHash dedup of all domains together (``inputs``: domain -> corpus dir, read
+    in that order) into ``out_dir/*.parquet``; datatrove's files go to a fresh folder under
+    ``work`` (or ``execution.work_dir``)."""
     start = time.perf_counter()
-    _check_config(cfg)
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir = Path(out_dir)
     if any(out_dir.glob("*.parquet")):
         raise ValueError(f"{out_dir} already holds *.parquet shards; give a fresh directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="dedup-", dir=work_dir))  # never resume stale tasks
-    links = _stage_inputs(inputs, work / "input")
+    scratch = work_dir(execution, work, "dedup-")
+    links = _stage_inputs(inputs, scratch / "input")
     counts_in = domain_counts(links)
-    counts_in.update({domain: 0 for domain in inputs})  # empty domains are counted as 0
-    stats = DedupStats(documents_in=sum(counts_in.values()))
+    counts_in.update(dict.fromkeys(inputs, 0))  # empty domains are counted as 0
+    stats = DedupStats(documents_in=sum(counts_in.values()), executor=execution.executor)
+    tasks, logs = execution.workers, scratch / "logs"
     if stats.documents_in:
-        kept = _exact_pass(work / "input", work, out_dir, cfg)
-        if any(kept.glob("*.parquet")):  # none when every text was empty
-            _minhash_pass(kept, work, out_dir, cfg)
-    _fill_stats(stats, counts_in, out_dir, work, cfg)
+        exact = _exact_stages(scratch / "input", scratch, out_dir, tasks)
+        run_stages(exact, execution, logs, "dedup")
+        if any((scratch / "exact_kept").glob("*.parquet")):  # none when every text was empty
+            near = _minhash_stages(scratch / "exact_kept", scratch, out_dir, cfg, tasks)
+            run_stages(near, execution, logs, "dedup")
+    _fill_stats(stats, counts_in, out_dir, scratch, cfg)
     stats.seconds = round(time.perf_counter() - start, 3)
-    return stats
+    return stats.report()
 
 
 def _fill_stats(

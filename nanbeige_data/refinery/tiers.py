@@ -5,14 +5,15 @@
 Content is weighted over format (the paper found content labels more predictive) and the
 retrieval score recalls documents the tagger undervalues. Documents are cut into three tiers:
 ``rejected`` (dropped), ``diverse`` (the paper's 12.5T "high-quality" pool, seen once) and
-``high`` (its 6.5T higher-quality subset, upsampled for ``high_epochs`` >= 2 epochs). Cut-offs
+``high`` (its 6.5T higher-quality subset, upsampled for ``high_quality_epochs`` >= 2 epochs). Cut-offs
 are either absolute utilities or quantiles of the utility distribution (robust to a judge whose
 scores are compressed into a narrow band, as small judges' are); quantile tiers are cut by rank,
 ties broken by id, so their sizes hold even when many documents share one utility.
 
 Everything is computed in DuckDB over Parquet; ``tiers.duckdb`` in the output holds the tables
 ``tiers`` (one row per document) and ``tier_tokens`` (per domain and tier: documents, tokens,
-epochs, tokens to train on), with Parquet copies and a plot of the distributions.
+epochs, tokens to train on), with Parquet copies (``TIERS_FILE``, ``TIER_TOKENS_FILE``) and a
+plot of the distributions (``PLOT_FILE``).
 
 Trade-off: tokens are estimated as characters / 4 here; the exact counts come later from the
 trained tokenizer (token shards), which re-counts every bucket.
@@ -20,32 +21,24 @@ trained tokenizer (token shards), which re-counts every bucket.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import polars as pl
-from nanbeige_data.report import figure_markdown
+
+from nanbeige_data.refinery import retrieval, tagging
+from nanbeige_data.refinery.config import TierConfig
+from nanbeige_data.report import Report, figure_markdown, md_table
 
 CODE_VERSION = "2"
 TIERS = ("rejected", "diverse", "high")
 CHARS_PER_TOKEN = 4.0
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    content_weight: float = 0.7  # weight of content dims vs format dims inside the tag score
-    retrieval_weight: float = 0.3  # weight of the retrieval score in the utility
-    mode: Literal["quantile", "absolute"] = "quantile"  # how the cut-offs are read
-    cutoffs: tuple[float, float] = (3.0, 6.0)  # absolute utilities: < a rejected, >= b high
-    quantiles: tuple[float, float] = (0.2, 0.6)  # utility quantiles for the same two cuts
-    normalize: bool = True  # put each score on 0-9 by rank first (scorers differ in spread)
-    per_domain: bool = True  # quantile cuts within each domain: every domain keeps every tier
-    high_epochs: float = 2.0  # the high tier is upsampled to this many epochs
-    diverse_epochs: float = 1.0
+DB_FILE = "tiers.duckdb"  # tables tiers and tier_tokens
+TIERS_FILE = "tiers.parquet"  # one row per document: scores, utility, tier
+TIER_TOKENS_FILE = "tier_tokens.parquet"  # per (domain, tier): documents, tokens, epochs
+PLOT_FILE = "tiers.png"
 
 
 @dataclass
@@ -74,69 +67,112 @@ def _component_sql(column: str, cfg: TierConfig) -> str:
 
 
 def assign_tiers(
-    corpus_dir: Path, tags_path: Path, retrieval_path: Path, out_dir: Path, cfg: TierConfig
-) -> TierStats:
-    """Join corpus, tags and retrieval scores by id; write tiers and per-bucket token counts."""
+    corpus_dir: Path, tags_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: TierConfig
+) -> Report:
+    """Join the corpus in ``corpus_dir``, the tag scores of a ``quality_tags`` version
+    (``tags_dir``) and the retrieval scores of a ``retrieval_scores`` version
+    (``retrieval_dir``) by id; write the tiers, per-bucket token counts and a plot to
+    ``out_dir``."""
     started = time.monotonic()
+    tags_path = Path(tags_dir) / tagging.SCORES_FILE
+    retrieval_path = Path(retrieval_dir) / retrieval.SCORES_FILE
     for path in (tags_path, retrieval_path):
         if not path.exists():
             raise FileNotFoundError(f"score table {path} does not exist")
-    db_path = out_dir / "tiers.duckdb"
-    with duckdb.connect(str(db_path)) as con:
-        con.sql(f"""
-            CREATE TABLE joined AS
-            SELECT c.id, c.domain, c.source, length(c.text) AS chars,
-                   ceil(length(c.text) / {CHARS_PER_TOKEN})::BIGINT AS tokens,
-                   t.content_score, t.format_score, coalesce(r.retrieval_score, 0) AS retrieval
-            FROM read_parquet('{_glob(corpus_dir)}') c
-            JOIN read_parquet('{tags_path}') t USING (id)
-            LEFT JOIN read_parquet('{retrieval_path}') r USING (id)
-        """)
-        con.sql(f"""
-            CREATE TABLE scored AS
-            SELECT *, {_utility_sql(cfg)} AS utility FROM (
-              SELECT *, {_component_sql("content_score", cfg)} AS content,
-                        {_component_sql("format_score", cfg)} AS format
-              FROM joined)
-        """)
-        con.sql("DROP TABLE joined")
+    out_dir = Path(out_dir)
+    with duckdb.connect(str(out_dir / DB_FILE)) as con:
+        _score(con, corpus_dir, tags_path, retrieval_path, cfg)
         n = con.sql("SELECT count(*) FROM scored").fetchall()[0][0]
         if n == 0:
             raise ValueError(f"no document of {corpus_dir} has a tag score in {tags_path}")
         _cuts(con, cfg)
-        con.sql(f"""
-            CREATE TABLE tiers AS SELECT * EXCLUDE (position), {_tier_sql(cfg)} AS tier FROM (
-              SELECT s.*, k.low, k.high, {_position_sql(cfg)} AS position
-              FROM scored s JOIN cuts k USING (domain))
-            ORDER BY id
-        """)
-        con.sql("ALTER TABLE tiers DROP COLUMN low")
-        con.sql("ALTER TABLE tiers DROP COLUMN high")
+        _tier(con, cfg)
         cuts = {d: [float(lo), float(hi)] for d, lo, hi in con.sql("SELECT * FROM cuts").fetchall()}
-        low = sum(c[0] for c in cuts.values()) / len(cuts)
-        high = sum(c[1] for c in cuts.values()) / len(cuts)
-        con.sql(f"""
-            CREATE TABLE tier_tokens AS
-            SELECT domain, tier, count(*) AS documents, sum(tokens)::BIGINT AS tokens,
-                   CASE tier WHEN 'high' THEN {cfg.high_epochs}
-                             WHEN 'diverse' THEN {cfg.diverse_epochs} ELSE 0 END AS epochs,
-                   (sum(tokens) * epochs)::BIGINT AS train_tokens,
-                   round(avg(utility), 3) AS mean_utility
-            FROM tiers GROUP BY domain, tier ORDER BY domain, tier
-        """)
-        con.sql("DROP TABLE scored")
-        con.sql(f"COPY tiers TO '{out_dir / 'tiers.parquet'}' (FORMAT parquet)")
-        con.sql(f"COPY tier_tokens TO '{out_dir / 'tier_tokens.parquet'}' (FORMAT parquet)")
-        per_tier = {
-            row[0]: {"documents": row[1], "tokens": row[2], "train_tokens": row[3]}
-            for row in con.sql(
-                "SELECT tier, sum(documents), sum(tokens), sum(train_tokens) "
-                "FROM tier_tokens GROUP BY tier"
-            ).fetchall()
-        }
+        per_tier = _tier_tokens(con, cfg, out_dir)
+    low = sum(c[0] for c in cuts.values()) / len(cuts)
+    high = sum(c[1] for c in cuts.values()) / len(cuts)
+    stats = TierStats(n, low, high, cuts, per_tier, time.monotonic() - started)
+    return _report(stats, out_dir)
+
+
+def _score(
+    con: duckdb.DuckDBPyConnection,
+    corpus_dir: Path,
+    tags_path: Path,
+    retrieval_path: Path,
+    cfg: TierConfig,
+) -> None:
+    """Table ``scored``: each tagged document with its token estimate, components and utility."""
+    con.sql(f"""
+        CREATE TABLE joined AS
+        SELECT c.id, c.domain, c.source, length(c.text) AS chars,
+               ceil(length(c.text) / {CHARS_PER_TOKEN})::BIGINT AS tokens,
+               t.content_score, t.format_score, coalesce(r.retrieval_score, 0) AS retrieval
+        FROM read_parquet('{_glob(corpus_dir)}') c
+        JOIN read_parquet('{tags_path}') t USING (id)
+        LEFT JOIN read_parquet('{retrieval_path}') r USING (id)
+    """)
+    con.sql(f"""
+        CREATE TABLE scored AS
+        SELECT *, {_utility_sql(cfg)} AS utility FROM (
+          SELECT *, {_component_sql("content_score", cfg)} AS content,
+                    {_component_sql("format_score", cfg)} AS format
+          FROM joined)
+    """)
+    con.sql("DROP TABLE joined")
+
+
+def _tier(con: duckdb.DuckDBPyConnection, cfg: TierConfig) -> None:
+    """Table ``tiers``: ``scored`` with each document's tier, by id."""
+    con.sql(f"""
+        CREATE TABLE tiers AS SELECT * EXCLUDE (position), {_tier_sql(cfg)} AS tier FROM (
+          SELECT s.*, k.low, k.high, {_position_sql(cfg)} AS position
+          FROM scored s JOIN cuts k USING (domain))
+        ORDER BY id
+    """)
+    con.sql("ALTER TABLE tiers DROP COLUMN low")
+    con.sql("ALTER TABLE tiers DROP COLUMN high")
+    con.sql("DROP TABLE scored")
+
+
+def _tier_tokens(
+    con: duckdb.DuckDBPyConnection, cfg: TierConfig, out_dir: Path
+) -> dict[str, dict[str, float]]:
+    """Table ``tier_tokens``; both tables copied to Parquet; per tier: documents and tokens."""
+    con.sql(f"""
+        CREATE TABLE tier_tokens AS
+        SELECT domain, tier, count(*) AS documents, sum(tokens)::BIGINT AS tokens,
+               CASE tier WHEN 'high' THEN {cfg.high_quality_epochs}
+                         WHEN 'diverse' THEN {cfg.diverse_epochs} ELSE 0 END AS epochs,
+               (sum(tokens) * epochs)::BIGINT AS train_tokens,
+               round(avg(utility), 3) AS mean_utility
+        FROM tiers GROUP BY domain, tier ORDER BY domain, tier
+    """)
+    con.sql(f"COPY tiers TO '{out_dir / TIERS_FILE}' (FORMAT parquet)")
+    con.sql(f"COPY tier_tokens TO '{out_dir / TIER_TOKENS_FILE}' (FORMAT parquet)")
+    per_tier = {
+        row[0]: {"documents": row[1], "tokens": row[2], "train_tokens": row[3]}
+        for row in con.sql(
+            "SELECT tier, sum(documents), sum(tokens), sum(train_tokens) "
+            "FROM tier_tokens GROUP BY tier"
+        ).fetchall()
+    }
     for tier in TIERS:
         per_tier.setdefault(tier, {"documents": 0, "tokens": 0, "train_tokens": 0})
-    return TierStats(n, low, high, cuts, per_tier, time.monotonic() - started)
+    return per_tier
+
+
+def _report(stats: TierStats, out_dir: Path) -> Report:
+    tiers = {f"{k}_documents": int(v["documents"]) for k, v in stats.per_tier.items()}
+    return Report(
+        counts={"documents": stats.documents, **tiers},
+        markdown={
+            "tier_tokens": tier_table_markdown(out_dir / TIER_TOKENS_FILE),
+            "distribution": plot_tiers(out_dir / TIERS_FILE, stats, out_dir / PLOT_FILE),
+        },
+        json={"cutoffs": stats.cuts_per_domain},
+        extra={"stats": stats.as_dict()},
+    )
 
 
 def _position_sql(cfg: TierConfig) -> str:
@@ -220,12 +256,9 @@ def plot_tiers(tiers_path: Path, stats: TierStats, out_png: Path) -> str:
 
 def tier_table_markdown(tier_tokens_path: Path) -> str:
     frame = pl.read_parquet(tier_tokens_path)
-    buf = io.StringIO()
-    buf.write("| domain | tier | documents | tokens | epochs | train tokens |\n")
-    buf.write("|---|---|---|---|---|---|\n")
-    for row in frame.iter_rows(named=True):
-        buf.write(
-            f"| {row['domain']} | {row['tier']} | {row['documents']} | {row['tokens']} | "
-            f"{row['epochs']:g} | {row['train_tokens']} |\n"
-        )
-    return buf.getvalue()
+    header = ("domain", "tier", "documents", "tokens", "epochs", "train tokens")
+    rows = [
+        (r["domain"], r["tier"], r["documents"], r["tokens"], f"{r['epochs']:g}", r["train_tokens"])
+        for r in frame.iter_rows(named=True)
+    ]
+    return md_table(header, rows) + "\n"

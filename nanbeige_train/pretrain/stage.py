@@ -1,35 +1,51 @@
-"""What the pretrain assets call: train a stage into a version directory, and judge it.
+"""One pretraining stage as the ``pretrain_<stage>`` assets need it: train, fill a version, judge.
 
-``train_stage`` launches one FG-WSD stage (through a launcher: local torchrun here), then
-copies what a stage version holds into ``out_dir``: the final DCP checkpoint (model and
-optimizer moments, the next stage's starting point), ``metrics.jsonl`` (loss curve),
-``result.json`` (tokens seen per bucket, tokens/s, resume information), ``spec.json`` and a loss
-plot. ``train_plan`` runs all stages of a plan back to back (the vanilla-WSD ablation run).
+``train_stage_version`` trains (or resumes) an FG-WSD stage through a launcher (local torchrun
+here) in a work directory that outlives a crashed attempt (:func:`work_dir`: same code and
+inputs -> same directory, so the next attempt resumes from the stage's last checkpoint), then
+fills the version directory with what a stage version holds: the final DCP checkpoint (model and
+optimizer moments, the next stage's starting point), ``metrics.jsonl`` (the loss curve),
+``result.json`` (tokens seen per bucket, tokens/s, resume information, the dtype used),
+``spec.json``, ``report.json`` and the loss plot -- and returns its
+:class:`~nanbeige_data.report.Report`. The previous stage is read from its version (checkpoint
+and manifest); the model shape is the recipe's ``model`` section plus the tokenizer's vocabulary.
 
-The checks' logic lives here too: losses finite and falling, tokens seen per bucket within 1%
-of the plan, the checkpoint reloads into the training model and gives finite logits.
-``heldout_losses`` scores a checkpoint on each bucket's held-out tokens (the ablation).
+The checks' logic lives here too (losses finite and falling, tokens seen per bucket within 1% of
+the plan, the checkpoint reloads into the training model and gives finite logits), and
+:func:`progress`, which turns the trainer's progress lines into the time-throttled lines a
+person follows (step, loss, tokens/s at least every ``every_s`` seconds, first and last step).
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nanbeige_train.launch import LocalLauncher
+from nanbeige_data.pretraining.config import ModelConfig, PretrainConfig
+from nanbeige_data.pretraining.curriculum import STAGE_PLAN_FILE
+from nanbeige_data.report import Report, figure_markdown, md_table
+from nanbeige_data.store.versioned import Version, VersionedStore
+from nanbeige_train.launch import LocalLauncher, TrainingError
 from nanbeige_train.model import ModelShape
-from nanbeige_train.pretrain.trainer import StageSpec, loss_ok, read_metrics
-from nanbeige_data.report import figure_markdown
+from nanbeige_train.pretrain.trainer import (
+    METRICS_FILE,
+    PROGRESS_TAG,
+    RESULT_FILE,
+    SPEC_FILE,
+    StageSpec,
+    loss_ok,
+    read_metrics,
+)
 
 CODE_VERSION = "1"
+CHECKPOINT_DIR, REPORT_FILE, LOSS_PLOT = "checkpoint", "report.json", "loss.png"
 
 
 @dataclass
@@ -46,9 +62,34 @@ class StageReport:
     checkpoint_bytes: int
     world_size: int
     run_first_loss: float = math.nan  # first-steps loss of the whole run (the first stage's)
+    dtype: str = "float32"  # the parameter dtype it trained in (trainer.training_dtype)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where and how a training call runs: its work directory (kept across a crashed attempt),
+    the version directory it fills, the launcher, and the progress callbacks."""
+
+    work_dir: Path
+    out_dir: Path
+    launcher: LocalLauncher
+    on_line: Callable[[str], None] | None = None  # every line of the training log
+    log: Callable[[str], None] | None = None  # a few lines for a person
+
+
+def model_shape(model: ModelConfig, tokenizer: Version) -> ModelShape:
+    """The recipe's model section with the vocabulary of the tokenizer version."""
+    return ModelShape.from_recipe(model, tokenizer.manifest["counts"]["vocab_size"])
+
+
+def work_dir(store: VersionedStore, key: str, code_version: str, inputs: Mapping[str, Version]):
+    """The work directory of asset ``key``: same code version and inputs -> same directory, so
+    a crashed attempt is resumed. Discard it once the version is committed."""
+    blob = code_version + "|" + "|".join(v.data_version for v in inputs.values())
+    return store.workdir(key, hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
 def stage_spec(
@@ -60,7 +101,7 @@ def stage_spec(
     shape: ModelShape,
     work_dir: Path,
     init_checkpoint: Path | None,
-    pretrain,  # the recipe's pretrain section
+    pretrain: PretrainConfig,
     seed: int,
 ) -> StageSpec:
     return StageSpec(
@@ -70,12 +111,69 @@ def stage_spec(
         tokenizer_dir=str(tokenizer_dir),
         model=asdict(shape),
         work_dir=str(work_dir),
+        pretrain=pretrain,
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         seed=seed,
-        dtype=pretrain.dtype,
-        checkpoint_every=pretrain.checkpoint_every,
-        data_parallel_shard=pretrain.data_parallel_shard,
-        tensor_parallel=pretrain.tensor_parallel,
+    )
+
+
+def train_stage_version(
+    stage: str,
+    *,
+    plan: Version,
+    shards: Version,
+    tokenizer: Version,
+    previous: Version | None,
+    model: ModelConfig,
+    pretrain: PretrainConfig,
+    seed: int,
+    run: TrainingRun,
+) -> Report:
+    """A ``pretrain_<stage>`` version in ``run.out_dir``: ``stage`` of the plan slice ``plan``,
+    from ``previous``'s checkpoint (None: a first stage, from a seeded init)."""
+    first = None
+    if previous is not None:
+        first = previous.manifest.get("extra", {}).get("report", {}).get("run_first_loss")
+        if first is None:
+            raise TrainingError(f"{previous.key} {previous.version_id}: no report.run_first_loss")
+    spec = stage_spec(
+        plan_path=plan.local_path / STAGE_PLAN_FILE,
+        stage=stage,
+        shards_dir=shards.local_path,
+        tokenizer_dir=tokenizer.local_path,
+        shape=model_shape(model, tokenizer),
+        work_dir=run.work_dir,
+        init_checkpoint=previous.local_path / CHECKPOINT_DIR if previous else None,
+        pretrain=pretrain,
+        seed=seed,
+    )
+    report = train_stage(spec, run.out_dir, run.launcher, run.on_line, first)
+    plot = plot_losses(
+        {stage: read_metrics(run.out_dir)}, Path(run.out_dir) / LOSS_PLOT, f"pretrain_{stage} loss"
+    )
+    _, entry = spec.plan_stage()
+    buckets = sorted(set(report.tokens_planned) | set(report.tokens_seen))
+    rows = [(b, report.tokens_planned.get(b, 0), report.tokens_seen.get(b, 0)) for b in buckets]
+    return Report(
+        counts={"steps": report.steps, "tokens": sum(report.tokens_seen.values())},
+        markdown={
+            "loss_curve": plot,
+            "tokens_per_bucket": md_table(("bucket", "planned", "seen"), rows, "lrr"),
+        },
+        values={
+            "tokens_per_second": round(report.tokens_per_second, 1),
+            "first_loss": round(report.first_loss, 4),
+            "last_loss": round(report.last_loss, 4),
+            "checkpoint_bytes": report.checkpoint_bytes,
+            "resumed_from": report.resumed_from or "",
+            "world_size": report.world_size,
+            "dtype": report.dtype,
+        },
+        extra={
+            "report": report.as_dict(),
+            "stage": {"name": entry.name, "seq_len": entry.seq_len, "rope_theta": entry.rope_theta},
+            "dtype": report.dtype,
+        },
     )
 
 
@@ -99,11 +197,10 @@ def train_stage(
     result = launcher.run_stage(spec, on_line=on_line)
     work = Path(spec.work_dir)
     out_dir = Path(out_dir)
-    shutil.copytree(result["checkpoint"], out_dir / "checkpoint")
-    for name in ("metrics.jsonl", "result.json", "spec.json"):
+    shutil.copytree(result["checkpoint"], out_dir / CHECKPOINT_DIR)
+    for name in (METRICS_FILE, RESULT_FILE, SPEC_FILE):
         shutil.copy2(work / name, out_dir / name)
-    rows = read_metrics(out_dir)
-    _, losses = loss_ok(rows)
+    _, losses = loss_ok(read_metrics(out_dir))
     first = losses.get("first_loss", math.nan)
     report = StageReport(
         stage=spec.stage,
@@ -112,85 +209,81 @@ def train_stage(
         tokens_planned=planned_tokens(Path(spec.plan_path), spec.stage),
         tokens_per_second=result["tokens_per_second"],
         seconds=result["seconds"],
-        first_loss=losses.get("first_loss", math.nan),
+        first_loss=first,
         last_loss=losses.get("last_loss", math.nan),
         resumed_from=result["resumed_from"],
-        checkpoint_bytes=sum(f.stat().st_size for f in (out_dir / "checkpoint").rglob("*")),
+        checkpoint_bytes=sum(f.stat().st_size for f in (out_dir / CHECKPOINT_DIR).rglob("*")),
         world_size=result["world_size"],
         run_first_loss=first if run_first_loss is None else run_first_loss,
+        dtype=result.get("dtype", "float32"),
     )
-    (out_dir / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
     return report
 
 
-def train_plan(
-    plan_path: Path,
-    specs: Callable[[str, Path | None], StageSpec],
-    out_dir: Path,
-    launcher: LocalLauncher,
-    on_line: Callable[[str], None] | None = None,
-) -> list[StageReport]:
-    """Every stage of a plan in order, each from the previous one's checkpoint. Only the last
-    stage's checkpoint is kept in ``out_dir`` (with every stage's curve and report); a stage
-    already complete in ``out_dir`` (an interrupted earlier attempt) is not trained again."""
-    plan = json.loads(Path(plan_path).read_text())
-    reports, previous = [], None
-    for entry in plan["stages"]:
-        stage_dir = Path(out_dir) / entry["name"]
-        if (stage_dir / "report.json").exists() and (stage_dir / "checkpoint").exists():
-            report = StageReport(**json.loads((stage_dir / "report.json").read_text()))
-        else:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-            stage_dir.mkdir(parents=True)
-            first = reports[0].run_first_loss if reports else None
-            report = train_stage(
-                specs(entry["name"], previous), stage_dir, launcher, on_line, first
-            )
-        if previous is not None:
-            shutil.rmtree(previous)
-        previous = stage_dir / "checkpoint"
-        reports.append(report)
-    return reports
+# --- progress ------------------------------------------------------------------------------
 
 
-def train_runs(
-    runs: Mapping[str, tuple[Path, int]],
-    make_spec: Callable[..., StageSpec],
-    work: Path,
-    out_dir: Path,
-    launcher: LocalLauncher,
-    on_line: Callable[[str], None] | None = None,
-) -> dict[str, Path]:
-    """Train named runs (``"arm/seedN": (plan path, seed)``) through all their stages.
+def progress(
+    info: Callable[[str], None],
+    warn: Callable[[str], None] | None = None,
+    *,
+    every_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[str], None]:
+    """A launcher's ``on_line``: the first and last step of each stage and at least one step
+    every ``every_s`` seconds in between go to ``info`` as ``step 3/16  loss 7.1234  1,234
+    tokens/s``; error lines and tracebacks go to ``warn``; everything else is left to the log."""
+    last_logged = [-math.inf]
 
-    Each run trains in ``work`` (so an interrupted attempt resumes) and is copied to
-    ``out_dir/<name>``; ``make_spec(plan_path=, stage=, work_dir=, init_checkpoint=, seed=)``
-    builds each stage's spec. Returns each run's final checkpoint under ``out_dir``."""
-    finals = {}
-    for name, (plan_path, seed) in runs.items():
-        run_work = Path(work) / name.replace("/", "-")
+    def on_line(line: str) -> None:
+        if PROGRESS_TAG in line:
+            row = json.loads(line.split(PROGRESS_TAG, 1)[1])
+            now, step, steps = clock(), row["step"], row.get("steps")
+            if step == 1 or step == steps or now - last_logged[0] >= every_s:
+                last_logged[0] = now
+                info(progress_line(row))
+        elif warn is not None and (
+            ("Error" in line and "lspci" not in line) or "Traceback" in line
+        ):
+            warn(line)
 
-        def spec(stage: str, previous: Path | None, plan_path=plan_path, seed=seed, w=run_work):
-            return make_spec(
-                plan_path=plan_path,
-                stage=stage,
-                work_dir=w / stage,
-                init_checkpoint=previous,
-                seed=seed,
-            )
-
-        reports = train_plan(plan_path, spec, run_work / "out", launcher, on_line)
-        shutil.copytree(run_work / "out", Path(out_dir) / name)
-        finals[name] = Path(out_dir) / name / reports[-1].stage / "checkpoint"
-    return finals
+    return on_line
 
 
-def run_curve(run_dir: Path, stages: list[str]) -> list[dict[str, Any]]:
-    """A run's loss rows over all its stages, in order."""
-    return [row for stage in stages for row in read_metrics(Path(run_dir) / stage)]
+def progress_line(row: Mapping[str, Any]) -> str:
+    steps = f"/{row['steps']}" if row.get("steps") else ""
+    rate = row.get("tokens_per_second")
+    speed = f"  {rate:,.0f} tokens/s" if rate is not None else ""
+    return f"step {row['step']}{steps}  loss {row['loss']:.4f}{speed}"
 
 
-# --- checks ------------------------------------------------------------------------------
+# --- checks ----------------------------------------------------------------------------------
+
+
+def check_loss(version: Version) -> tuple[bool, dict]:
+    """Losses finite, and the last steps' mean below the run's first steps' (a first stage's
+    own first steps; a later stage's loss has plateaued and is judged against the run's)."""
+    report = version.manifest["extra"]["report"]
+    ok, detail = loss_ok(read_metrics(version.local_path), reference=report["run_first_loss"])
+    return ok, {k: float(v) for k, v in detail.items()}
+
+
+def check_tokens(version: Version, tolerance: float = 0.01) -> tuple[bool, dict]:
+    """Tokens seen per bucket within ``tolerance`` of the plan (and no unplanned bucket)."""
+    return tokens_match(version.manifest["extra"]["report"], tolerance)
+
+
+def check_reloads(version: Version) -> tuple[bool, dict]:
+    """The version's checkpoint loads into the training model and gives finite logits."""
+    stage = version.manifest["extra"]["stage"]
+    spec = StageSpec.load(version.local_path / SPEC_FILE)
+    return checkpoint_reloads(
+        version.local_path / CHECKPOINT_DIR,
+        ModelShape(**spec.model),
+        rope_theta=stage["rope_theta"],
+        seq_len=stage["seq_len"],
+    )
 
 
 def tokens_match(report: Mapping[str, Any], tolerance: float = 0.01) -> tuple[bool, dict]:
@@ -221,45 +314,7 @@ def checkpoint_reloads(
     return finite, {"parameters": params, "logits_finite": finite}
 
 
-# --- held-out evaluation -----------------------------------------------------------------
-
-
-def heldout_losses(
-    model,
-    shards_dir: Path,
-    *,
-    seq_len: int,
-    max_tokens: int = 32_768,
-    batch: int = 8,
-) -> dict[str, dict[str, float]]:
-    """Mean next-token loss (nats) per held-out bucket, on up to ``max_tokens`` tokens each."""
-    import torch
-    import torch.nn.functional as F
-
-    index = json.loads((Path(shards_dir) / "index.json").read_text())
-    out = {}
-    for row in index["rows"]:
-        if row["split"] != "val" or row["tokens"] <= seq_len:
-            continue
-        tokens = np.memmap(Path(shards_dir) / row["path"], dtype=np.dtype(row["dtype"]), mode="r")
-        n_windows = min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len))
-        starts = np.arange(n_windows) * seq_len
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, n_windows, batch):
-                rows = [np.asarray(tokens[s : s + seq_len + 1]) for s in starts[i : i + batch]]
-                data = torch.from_numpy(np.stack(rows).astype(np.int64))
-                logits = model(data[:, :-1]).float()
-                loss = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1), reduction="sum"
-                )
-                total += float(loss)
-                count += data[:, 1:].numel()
-        out[row["bucket"]] = {"loss": total / count, "tokens": count}
-    return out
-
-
-# --- plots -------------------------------------------------------------------------------
+# --- plots -----------------------------------------------------------------------------------
 
 
 def plot_losses(curves: Mapping[str, list[dict[str, Any]]], out_png: Path, title: str) -> str:
@@ -279,91 +334,3 @@ def plot_losses(curves: Mapping[str, list[dict[str, Any]]], out_png: Path, title
     if len(curves) > 1:
         ax.legend(fontsize=8)
     return figure_markdown(fig, out_png, title)
-
-
-# --- the FG-WSD vs vanilla-WSD ablation ---------------------------------------------------
-
-
-def compare_heldout(
-    checkpoints: Mapping[str, Path],
-    shards_dir: Path,
-    shape: ModelShape,
-    *,
-    rope_theta: float,
-    seq_len: int,
-    max_tokens: int = 32_768,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Held-out loss per bucket for each named checkpoint: {name: {bucket: {loss, tokens}}}."""
-    from nanbeige_train.export import load_training_model
-
-    out = {}
-    for name, checkpoint in checkpoints.items():
-        model = load_training_model(checkpoint, shape, rope_theta=rope_theta, max_seq_len=seq_len)
-        out[name] = heldout_losses(model, shards_dir, seq_len=seq_len, max_tokens=max_tokens)
-    return out
-
-
-def ablation_table(losses: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[str, dict]:
-    """Markdown: held-out loss per bucket, FG-WSD vs vanilla WSD (mean over seeds), and the
-    per-bucket difference; plus the summary numbers. Names look like ``fgwsd/seed0``."""
-    arms: dict[str, list[Mapping[str, Mapping[str, float]]]] = {}
-    for name, per_bucket in losses.items():
-        arms.setdefault(name.split("/")[0], []).append(per_bucket)
-    buckets = sorted({b for per in losses.values() for b in per})
-
-    def mean(arm: str, bucket: str) -> float:
-        values = [per[bucket]["loss"] for per in arms.get(arm, []) if bucket in per]
-        return sum(values) / len(values) if values else math.nan
-
-    def spread(arm: str, bucket: str) -> float:
-        values = [per[bucket]["loss"] for per in arms.get(arm, []) if bucket in per]
-        return (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
-
-    lines = [
-        "| held-out set | FG-WSD | vanilla WSD | FG-WSD - vanilla |",
-        "|---|---:|---:|---:|",
-    ]
-    summary = {"buckets": {}, "seeds": {arm: len(v) for arm, v in arms.items()}}
-    for bucket in buckets:
-        f, v = mean("fgwsd", bucket), mean("vanilla_wsd", bucket)
-        summary["buckets"][bucket] = {"fgwsd": f, "vanilla_wsd": v, "delta": f - v}
-        lines.append(
-            f"| {bucket} | {f:.4f} ± {spread('fgwsd', bucket):.4f} | "
-            f"{v:.4f} ± {spread('vanilla_wsd', bucket):.4f} | {f - v:+.4f} |"
-        )
-    deltas = [d["delta"] for d in summary["buckets"].values() if not math.isnan(d["delta"])]
-    summary["mean_delta"] = sum(deltas) / len(deltas) if deltas else math.nan
-    summary["fgwsd_better"] = sum(d < 0 for d in deltas)
-    summary["sets"] = len(deltas)
-    lines.append(
-        f"\nLoss in nats per token (mean ± half-range over seeds); negative difference = FG-WSD "
-        f"lower. FG-WSD is lower on {summary['fgwsd_better']} of {summary['sets']} held-out sets."
-    )
-    return "\n".join(lines), summary
-
-
-def plot_ablation(summary: Mapping[str, Any], curves: Mapping[str, list], out_png: Path) -> str:
-    """Bars: held-out loss per set for both plans; lines: training loss over all stages."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    buckets = list(summary["buckets"])
-    fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 3.6))
-    x = np.arange(len(buckets))
-    for offset, arm, label in ((-0.2, "fgwsd", "FG-WSD"), (0.2, "vanilla_wsd", "vanilla WSD")):
-        bars.bar(x + offset, [summary["buckets"][b][arm] for b in buckets], 0.4, label=label)
-    bars.set_xticks(x, buckets, rotation=45, ha="right", fontsize=7)
-    bars.set_ylabel("held-out loss (nats)")
-    bars.legend(fontsize=8)
-    lo = min(min(v["fgwsd"], v["vanilla_wsd"]) for v in summary["buckets"].values())
-    bars.set_ylim(bottom=max(0.0, lo - 0.5))
-    for name, rows in curves.items():
-        style = "-" if name.startswith("fgwsd") else "--"
-        lines.plot(range(1, len(rows) + 1), [r["loss"] for r in rows], style, lw=1, label=name)
-    lines.set_xlabel("optimizer step (all stages)")
-    lines.set_ylabel("train loss")
-    lines.legend(fontsize=7)
-    lines.grid(alpha=0.3)
-    return figure_markdown(fig, out_png, "FG-WSD vs vanilla WSD")

@@ -1,10 +1,11 @@
 """One FG-WSD stage trained by torchtitan's stock Trainer, with the config generated in Python.
 
 ``StageSpec`` (a JSON file) is everything a stage needs: the plan and which stage, the token
-shards, the tokenizer, the model shape, the work directory and where the previous stage's
-checkpoint is. :func:`trainer_config` turns it into a torchtitan ``Trainer.Config``: our model
-spec (:mod:`nanbeige_train.model`), the curriculum dataloader (:mod:`nanbeige_train.data`), an
-LR scheduler that follows the plan's segment for this stage, DCP checkpoints, and a metrics
+shards, the tokenizer, the model shape, the work directory, where the previous stage's
+checkpoint is, and the recipe's ``pretrain`` section itself (no field copied out of it).
+:func:`trainer_config` turns it into a torchtitan ``Trainer.Config``: our model spec
+(:mod:`nanbeige_train.model`), the curriculum dataloader (:mod:`nanbeige_train.data`), an LR
+scheduler that follows the plan's segment for this stage, DCP checkpoints, and a metrics
 processor that also writes ``metrics.jsonl`` (the loss curve the assets plot).
 
 Hand-off and resume, decided here and nowhere else:
@@ -16,8 +17,20 @@ Hand-off and resume, decided here and nowhere else:
   torchtitan restores everything from the stage's own last checkpoint and continues -- not from
   scratch and not from the previous stage.
 
-Run it as ``torchrun --nproc_per_node N -m nanbeige_train.pretrain spec.json`` (the launcher
-does); on CPU it applies :mod:`nanbeige_train.compat` first and uses gloo.
+Precision (:func:`training_dtype`): ``pretrain.dtype`` is torchtitan's mixed-precision parameter
+dtype (master weights, optimizer state and gradient reduction stay fp32). ``auto`` means bfloat16
+on CUDA and float32 on a CPU -- also on one with AVX512-BF16/AMX, where ``models.resolve_dtype``
+would pick bf16 for inference: the CPU run is the correctness run (its loss checks, the two-rank
+vs one-rank equality and the stored reference curve in ``tests/data`` are fp32 numbers), and
+bf16 there would change them from host to host. An explicit ``float32``/``bfloat16`` wins. The
+dtype used is in ``result.json``.
+
+Progress: rank 0 prints one ``PROGRESS_TAG`` line of JSON per logged step (step, of how many,
+loss, tokens, tokens/s since the last logged step); ``stage.progress`` turns them into the
+time-throttled lines a person reads.
+
+Run it as ``torchrun --nproc_per_node N -m nanbeige_train.pretrain.trainer spec.json`` (the
+launcher does); on CPU it applies :mod:`nanbeige_train.compat` first and uses gloo.
 """
 
 from __future__ import annotations
@@ -27,13 +40,17 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nanbeige_data.pretraining.config import PretrainConfig
 from nanbeige_train import compat
 
 CODE_VERSION = "1"
+# files of a stage's work directory (copied into its version by stage.train_stage)
+SPEC_FILE, RESULT_FILE, METRICS_FILE = "spec.json", "result.json", "metrics.jsonl"
+PROGRESS_TAG = "[nanbeige-progress] "  # a rank-0 stdout line: this tag, then one JSON object
 
 
 @dataclass
@@ -44,23 +61,25 @@ class StageSpec:
     tokenizer_dir: str
     model: dict[str, Any]  # ModelShape fields
     work_dir: str
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the recipe's section
     init_checkpoint: str | None = None  # previous stage's final checkpoint (DCP folder)
     seed: int = 0
-    dtype: str = "float32"
-    checkpoint_every: int = 50
-    data_parallel_shard: int = -1
-    tensor_parallel: int = 1
     attention: str = "sdpa"
     log_freq: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "pretrain": self.pretrain.model_dump(mode="json")}
+
     def save(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        path.write_text(json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod
     def load(cls, path: Path) -> StageSpec:
-        return cls(**json.loads(Path(path).read_text()))
+        raw = json.loads(Path(path).read_text())
+        return cls(**{**raw, "pretrain": PretrainConfig.model_validate(raw.get("pretrain", {}))})
 
     def plan_stage(self):
         """(Plan, StagePlan) of this stage, read from the plan JSON."""
@@ -105,29 +124,38 @@ def _lr_scheduler_config(plan, stage):
     return PlanLR()
 
 
-def _metrics_config(work_dir: Path, log_freq: int):
+def _metrics_config(work_dir: Path, log_freq: int, steps: int):
     from torchtitan.components.metrics import MetricsProcessor
 
     class JsonlMetrics(MetricsProcessor):
-        """torchtitan's metrics plus one JSON line per logged step on rank 0 (the loss curve)."""
+        """torchtitan's metrics plus, per logged step on rank 0, one JSON line in
+        ``metrics.jsonl`` (the loss curve) and one ``PROGRESS_TAG`` line on stdout."""
 
         def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
             import torch.distributed as dist
 
+            seconds = max(time.perf_counter() - self.time_last_log, 1e-9)  # super() resets it
+            dims = self.parallel_dims
+            # ntokens_since_last_log is this rank's; every data-parallel rank saw as many
+            tokens = self.ntokens_since_last_log * dims.world_size / dims.non_data_parallel_size
             super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics)
             if dist.is_initialized() and dist.get_rank() != 0:
                 return
             lr = next((v for k, v in (extra_metrics or {}).items() if k.startswith("lr")), None)
             row = {
                 "step": step,
+                "steps": steps,
                 "loss": global_avg_loss,
                 "grad_norm": grad_norm,
                 "lr": lr,
                 "tokens": (extra_metrics or {}).get("n_tokens_seen"),
+                # global tokens/s since the last logged step (all data-parallel ranks)
+                "tokens_per_second": tokens / seconds,
                 "time": time.time(),
             }
-            with open(work_dir / "metrics.jsonl", "a") as f:
+            with open(work_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            print(PROGRESS_TAG + json.dumps(row), flush=True)
 
     @dataclass(kw_only=True, slots=True)
     class Config(MetricsProcessor.Config):
@@ -136,6 +164,16 @@ def _metrics_config(work_dir: Path, log_freq: int):
     Config._owner = JsonlMetrics
     JsonlMetrics.Config = Config
     return Config(log_freq=log_freq, disable_color_printing=True)
+
+
+def training_dtype(requested: str) -> str:
+    """The mixed-precision parameter dtype a stage trains in (module docstring): ``auto`` is
+    bfloat16 on CUDA and float32 on any CPU; an explicit ``float32``/``bfloat16`` wins."""
+    if requested == "auto" and compat.needed():
+        return "float32"
+    from nanbeige_data.models import resolve_dtype
+
+    return resolve_dtype(requested)
 
 
 def seed_checkpoint(work_dir: Path) -> Path:
@@ -161,9 +199,10 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1, create_seed: bool = 
 
     plan, stage = spec.plan_stage()
     work = Path(spec.work_dir)
-    dp = spec.data_parallel_shard
+    pretrain = spec.pretrain
+    dp = pretrain.data_parallel_shard
     if dp <= 0:
-        dp = world_size // spec.tensor_parallel
+        dp = world_size // pretrain.tensor_parallel
     per_step = stage.sequences_per_step
     if per_step % dp:
         raise ValueError(f"{per_step} sequences per step do not split over {dp} data ranks")
@@ -191,24 +230,24 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1, create_seed: bool = 
             seq_len=stage.seq_len,
             steps=stage.steps,
             dtype="float32",
-            mixed_precision_param="bfloat16" if spec.dtype == "bfloat16" else "float32",
+            mixed_precision_param=training_dtype(pretrain.dtype),
             disable_cuda_graphs=on_cpu,
             max_norm=1.0,
         ),
         dataloader=CurriculumDataLoader.Config(
             shards_dir=spec.shards_dir, plan_path=spec.plan_path, stage=spec.stage
         ),
-        metrics=_metrics_config(work, spec.log_freq),
+        metrics=_metrics_config(work, spec.log_freq, stage.steps),
         parallelism=ParallelismConfig(
-            data_parallel_shard_degree=spec.data_parallel_shard,
-            tensor_parallel_degree=spec.tensor_parallel,
+            data_parallel_shard_degree=pretrain.data_parallel_shard,
+            tensor_parallel_degree=pretrain.tensor_parallel,
             spmd_backend="partial_dtensor",
         ),
         checkpoint=CheckpointManager.Config(
             enable=True,
             folder="seed" if create_seed else "checkpoint",
             create_seed_checkpoint=create_seed,
-            interval=spec.checkpoint_every,
+            interval=pretrain.checkpoint_every,
             initial_load_path=handoff,
             initial_load_model_only=False,
             exclude_from_loading=["dataloader", "lr_scheduler", "train_state"] if handoff else [],
@@ -261,12 +300,13 @@ def run(spec: StageSpec, *, create_seed: bool = False) -> dict[str, Any]:
             "tokens_per_second": _steady_tokens_per_second(read_metrics(work))
             or tokens * config.training.seq_len / max(seconds, 1e-9),
             "world_size": world,
+            "dtype": config.training.mixed_precision_param,
             "checkpoint": str(checkpoints(work)[-1]),
         }
     finally:
         trainer.close()
     if not dist.is_initialized() or dist.get_rank() == 0:
-        (work / "result.json").write_text(json.dumps(result, indent=2))
+        (work / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -275,7 +315,7 @@ def run(spec: StageSpec, *, create_seed: bool = False) -> dict[str, Any]:
 
 def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
     """The loss curve rows of a stage, one per logged step (the last write of a step wins)."""
-    path = Path(work_dir) / "metrics.jsonl"
+    path = Path(work_dir) / METRICS_FILE
     rows: dict[int, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():

