@@ -40,6 +40,8 @@ def _open_store(root: str | None) -> VersionedStore:
     except (ValueError, ImportError, OSError) as exc:  # unknown protocol, missing fsspec driver
         raise StoreError(f"cannot open the store at {url}: {exc}") from None
     if store.is_local:
+        if Path(store.root).exists() and not Path(store.root).is_dir():
+            raise StoreError(f"cannot open the store at {url}: it is a file, not a directory")
         try:
             Path(store.root).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -61,13 +63,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from assets.console import quiet_framework_warnings
 
     quiet_framework_warnings()
-    import dagster as dg
-
-    from assets.definitions import defs
     from assets.resources import STORE_ENV
 
     store = _open_store(args.store)
     os.environ[STORE_ENV] = store.url
+    import dagster as dg
+
+    from assets.definitions import defs
+
     keys = _selection(defs, args.select)
     print(
         f"recipe {recipe.name} ({resolve_recipe_path()}); store {store.url}; "
@@ -157,12 +160,9 @@ def _summary(results: list, store: VersionedStore, seconds: float) -> str:
 
     success = all(r.success for r in results)
     runs = ", ".join(r.run_id for r in results)
-    lines = [
-        f"\n{'succeeded' if success else 'FAILED'} in {seconds:.0f}s (run {runs})",
-        "",
-        "assets:",
-    ]
+    lines = [f"\n{'succeeded' if success else 'FAILED'} in {seconds:.0f}s (run {runs})", ""]
     events = [e for r in results for e in r.get_asset_materialization_events()]
+    lines += ["assets:"] if events else []
     for event in events:
         mat = event.step_materialization_data.materialization
         meta = mat.metadata

@@ -115,7 +115,9 @@ def check_line(evaluation: Any) -> str:
     name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
     if evaluation.passed:
         return f"check {name} passed"
-    return f"check {name} FAILED" + (f": {evaluation.description}" if evaluation.description else "")
+    return f"check {name} FAILED" + (
+        f": {evaluation.description}" if evaluation.description else ""
+    )
 
 
 def failure_line(step: str, data: Any) -> str | None:

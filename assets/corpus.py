@@ -76,5 +76,10 @@ def corpus_summary(
 ) -> dg.Output[Version]:
     dirs = {domain: raw[key].path for domain, key in RAW.items()}
     return materialize(
-        context, recipe, store, "corpus", raw, lambda rcp, out: summary.summary_report(dirs, out.path)
+        context,
+        recipe,
+        store,
+        "corpus",
+        raw,
+        lambda rcp, out: summary.summary_report(dirs, out.path),
     )

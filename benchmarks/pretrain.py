@@ -123,10 +123,11 @@ def subset_corpus(corpus: Path, tiers: Path, root: Path, docs: int) -> tuple[Pat
 
 
 def bench_tokenizer(corpus: Path, out: Path, vocab: int) -> dict:
-    from nanbeige_data.pretraining.tokenizer import TokenizerSpec, corpus_texts, train_tokenizer
+    from nanbeige_data.pretraining.config import TokenizerConfig
+    from nanbeige_data.pretraining.tokenizer import corpus_texts, train_tokenizer
 
     started = time.perf_counter()
-    stats = train_tokenizer(corpus_texts(corpus), TokenizerSpec(vocab_size=vocab), out)
+    stats = train_tokenizer(corpus_texts(corpus), TokenizerConfig(vocab_size=vocab), out)
     seconds = time.perf_counter() - started
     return {
         "vocab_size": stats.vocab_size,
@@ -187,8 +188,8 @@ def write_plan(shards: Path, steps: int, path: Path):
 
     Every stage draws ``STAGE``'s mixture restricted to the buckets the shards hold."""
     from nanbeige_data.pretraining.curriculum import plan_curriculum
-    from nanbeige_data.recipe import load_recipe
     from nanbeige_data.pretraining.tokenizer import load_index
+    from nanbeige_data.recipe import load_recipe
 
     rcp = load_recipe("tiny")
     have = {b: n for b, n in load_index(shards).bucket_tokens("train").items() if n > 1}
@@ -388,8 +389,8 @@ def stage_spec(rcp, shape, plan_path: Path, shards: Path, tok_dir: Path, work: P
         tokenizer_dir=str(tok_dir),
         model=asdict(shape),
         work_dir=str(work),
-        dtype=rcp.pretrain.dtype,
-        checkpoint_every=steps,  # one checkpoint, at the end, as a stage always writes
+        # one checkpoint, at the end, as a stage always writes
+        pretrain=rcp.pretrain.model_copy(update={"checkpoint_every": steps}),
     )
 
 

@@ -149,7 +149,9 @@ def corpus_frame(version_dir: str | Path) -> pd.DataFrame:
     """id, domain, source, text length (``chars``) and, for user documents, the ``file`` and
     ``line`` they came from, for every document in a corpus version's shards."""
     pattern = str(Path(version_dir) / "*.parquet")
-    query = f"SELECT id, domain, source, length(text) AS chars, {_LOCATION_SQL} FROM read_parquet(?)"
+    query = (
+        f"SELECT id, domain, source, length(text) AS chars, {_LOCATION_SQL} FROM read_parquet(?)"
+    )
     if not any(Path(version_dir).glob("*.parquet")):  # every document dropped: the gate says so
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _CORPUS_COLUMNS.items()})
     with duckdb.connect() as con:

@@ -18,18 +18,30 @@ from nanbeige_data.corpus.build import embedded_documents, excluded
 from nanbeige_data.recipe import RECIPES_DIR
 from nanbeige_data.store.versioned import VersionedStore, _hash_dir
 
+
 def _lines(*docs: dict) -> bytes:
     return b"".join(json.dumps(d).encode() + b"\n" for d in docs)
 
 
 # ordinary documents: real web text from the embedded sample (passes the refinery's filters)
-REAL_WEB = list(embedded_documents("web", max_bytes=12_000, target_doc_chars=2000, min_doc_chars=200))
+REAL_WEB = list(
+    embedded_documents("web", max_bytes=12_000, target_doc_chars=2000, min_doc_chars=200)
+)
 GOOD = _lines(*({"id": f"good-{i}", "text": prose(i, "web")} for i in range(3)))
 BAD = {  # file content -> what the user is told (file:line: reason)
     "truncated.jsonl": (GOOD + b'{"id": "b", "text": "cu', r"truncated.jsonl:4: invalid JSON"),
-    "bad_utf8.jsonl": (b'{"id": "a", "text": "ok \xff\xfe then"}\n', r"bad_utf8.jsonl:1: invalid UTF-8"),
-    "wrong_schema.jsonl": (b'{"id": 5, "body": "no text"}\n', r"wrong_schema.jsonl:1: missing 'text'"),
-    "wrong_type.jsonl": (b'{"id": "x", "text": 42}\n', r"wrong_type.jsonl:1: 'text' must be a string"),
+    "bad_utf8.jsonl": (
+        b'{"id": "a", "text": "ok \xff\xfe then"}\n',
+        r"bad_utf8.jsonl:1: invalid UTF-8",
+    ),
+    "wrong_schema.jsonl": (
+        b'{"id": 5, "body": "no text"}\n',
+        r"wrong_schema.jsonl:1: missing 'text'",
+    ),
+    "wrong_type.jsonl": (
+        b'{"id": "x", "text": 42}\n',
+        r"wrong_type.jsonl:1: 'text' must be a string",
+    ),
     "empty.jsonl": (b"", r"empty.jsonl: domain 'web': no documents"),
     "not_json.jsonl": (b"<html>this is not json</html>\n", r"not_json.jsonl:1: invalid JSON"),
     "not_an_object.jsonl": (b"[1, 2, 3]\n", r"not_an_object.jsonl:1: expected a JSON object"),

@@ -30,6 +30,10 @@ def _run(select: str | None = None) -> dg.ExecuteInProcessResult:
     )
 
 
+def paths_of(version) -> list[str]:
+    return version.manifest["extra"]["provenance"]["files"]
+
+
 def _materialized(result) -> set[str]:
     return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
@@ -44,7 +48,13 @@ def test_user_glob_corpus_materializes_with_lineage(files_recipe, store_root):
     web = store.require("raw_web")
     table = pq.read_table(sorted(web.local_path.glob("*.parquet"))[0])
     assert table.column_names == ["id", "text", "domain", "source", "meta"]
-    assert table.num_rows == 5 and json.loads(table["meta"][0].as_py()) == {"n": 0}
+    user_file = str(Path(paths_of(web)[0]))
+    assert table.num_rows == 5
+    assert json.loads(table["meta"][0].as_py()) == {
+        "n": 0,
+        "source_file": user_file,
+        "source_line": 1,
+    }
     summary = store.require("corpus_summary")
     assert set(summary.manifest["inputs"]) == {f"raw_{d}" for d in DOMAINS}
     assert summary.manifest["inputs"]["raw_web"] == web.ref()
@@ -57,10 +67,14 @@ def test_user_glob_corpus_materializes_with_lineage(files_recipe, store_root):
     assert [Path(p).parts[-2:] for p in paths] == [("web", "part-0.jsonl")]
 
 
-def test_failing_blocking_check_stops_downstream_in_the_same_run(files_recipe, store_root):
+def test_failing_blocking_check_stops_downstream_in_the_same_run(
+    files_recipe, store_root, tmp_path
+):
     docs = {d: _docs(d) for d in DOMAINS}
     docs["web"].append(dict(docs["web"][0]))  # a duplicate id: the gate must fail
-    docs["web"].append({"id": "w-short", "text": "tiny", "domain": "klingon"})
+    docs["web"].append(
+        {"id": "w-odd", "text": "a document from an unknown domain", "domain": "klingon"}
+    )
     files_recipe(docs)
     result = _run("group:corpus")
     assert not result.success
@@ -69,6 +83,15 @@ def test_failing_blocking_check_stops_downstream_in_the_same_run(files_recipe, s
     failures = checks["raw_web"].metadata["failures"].value
     assert failures["expect_column_values_to_be_unique[id]"]["unexpected"] == 2
     assert failures["expect_column_values_to_be_in_set[domain]"]["examples"] == ["klingon"]
+    web_file = str(tmp_path / "corpus" / "web" / "part-0.jsonl")
+    rows = failures["expect_column_values_to_be_unique[id]"]["rows"]
+    assert [(r["id"], r["file"], r["line"]) for r in rows] == [
+        ("web-0", web_file, 1),
+        ("web-0", web_file, 6),
+    ]
+    description = checks["raw_web"].description  # what the console and the UI show
+    assert f"id 'web-0' ({web_file}:1)" in description and f"({web_file}:6)" in description
+    assert f"id 'w-odd' ({web_file}:7)" in description  # unknown domain "klingon"
     assert "corpus_summary" not in _materialized(result)
     assert VersionedStore(store_root).latest("corpus_summary") is None
 

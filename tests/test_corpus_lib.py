@@ -19,9 +19,14 @@ from nanbeige_data.corpus.build import (
     CorpusError,
     CorpusStats,
     build_domain,
+    build_raw,
     embedded_documents,
+    excluded,
+    location,
     read_documents,
 )
+from nanbeige_data.corpus.config import CorpusChecks, DomainSource
+from nanbeige_data.quality import corpus_frame, corpus_suite, validate_frame
 
 KNOBS = {"target_doc_chars": 4000, "min_doc_chars": 200}
 
@@ -147,7 +152,17 @@ def test_user_jsonl_glob_and_parquet_with_defaults(tmp_path: Path) -> None:
     ] * 2
     assert docs[2]["domain"] == "books"  # kept as given, checked downstream
     assert {d["domain"] for d in docs[:2] + docs[3:]} == {"web"}
-    assert [d["meta"] for d in docs[:3]] == ["{}", '{"k": 1}', "raw"]
+    # a meta object gains the document's file and line; any other meta string is kept as given
+    a = str(tmp_path / "in" / "a.jsonl")
+    assert [json.loads(d["meta"]) for d in docs[:2]] == [
+        {"source_file": a, "source_line": 1},
+        {"k": 1, "source_file": a, "source_line": 3},
+    ]
+    assert docs[2]["meta"] == "raw"
+    assert [location(d["meta"]) for d in docs] == [
+        (a, 1), (a, 3), (None, None), (str(tmp_path / "in" / "b.jsonl.gz"), 1),
+        (str(tmp_path / "c.parquet"), 1), (str(tmp_path / "c.parquet"), 2),
+    ]  # fmt: skip
 
 
 def test_same_stem_in_two_folders_gets_distinct_ids(tmp_path: Path) -> None:
@@ -264,3 +279,65 @@ def test_bom_and_lone_surrogate(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=":2: 'source' is not valid Unicode"):
         list(read_documents(str(path), "web"))
     assert next(read_documents(str(path), "web"))["text"] == "with bom"
+
+
+def test_documents_outside_the_bounds_are_counted_recorded_skips(tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"text": "a" * 50, "id": "ok"},
+            {"text": "b" * 500, "id": "long"},
+            {"text": "c", "id": "s"},
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    report = build_raw(
+        "web",
+        DomainSource(source="files", paths=[str(src)]),
+        CorpusChecks(min_chars=10, max_chars=100),
+        out,
+    )
+    assert report.counts == {"documents": 1, "bytes": 50, "shards": 1}
+    assert report.json["skipped"] == {"too_long": 1, "too_short": 1}
+    [long] = excluded(out, "too_long")
+    assert long == {
+        "id": "long", "source": "d.jsonl", "file": str(src), "line": 2, "chars": 500,
+        "reason": "too_long", "head": "b" * 200,
+    }  # fmt: skip
+    assert report.json["skipped_examples"]["too_short"][0]["line"] == 3
+    assert pq.read_table(out / "part-00000.parquet").column("id").to_pylist() == ["ok"]
+    assert report.extra["provenance"] == {"files": [str(src)]}
+    # the gate never sees them: it passes on what was written
+    gate = validate_frame(corpus_frame(out), corpus_suite(DOMAINS, 10, 100), "gate")
+    assert gate.success, gate.summary()
+
+
+def test_a_gate_failure_names_ids_files_and_lines(tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"text": "one text", "id": "k"},
+            {"text": "two", "id": "k"},
+            {"text": "x", "domain": "mars"},
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    build_domain("web", source="files", paths=[str(src)], max_bytes=1, out_dir=out, **KNOBS)
+    frame = corpus_frame(out)
+    assert frame[["file", "line"]].values.tolist() == [[str(src), 1], [str(src), 2], [str(src), 3]]
+    report = validate_frame(frame, corpus_suite(DOMAINS, 1, 100), "raw_web.gate")
+    unique = next(r for r in report.failures if r.column == "id")
+    assert [(r["id"], r["line"]) for r in unique.rows] == [("k", 1), ("k", 2)]
+    assert f"id 'k' ({src}:1)" in unique.line()
+    text = report.description()
+    assert text.startswith("raw_web.gate FAILED: ")
+    assert "expect_column_values_to_be_unique[id] 2 of 3 rows: id 'k'" in text
+    assert f"id 'web/d/3' ({src}:3)" in text  # the unknown domain, by its default id
+
+
+def test_an_empty_version_fails_the_gate_instead_of_crashing(tmp_path: Path) -> None:
+    report = validate_frame(corpus_frame(tmp_path), corpus_suite(DOMAINS, 1, 100), "gate")
+    assert not report.success and report.rows == 0
+    assert [r.expectation for r in report.failures] == ["expect_table_row_count_to_be_between"]

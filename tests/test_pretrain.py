@@ -164,7 +164,8 @@ def test_the_training_log_carries_progress_a_person_can_follow(data, first_stage
     for line in (work / "train.log").read_text().splitlines():
         on_line(line)
     steps = result["steps"]
-    assert [line.split()[1] for line in shown] == ["1/8", f"{steps}/{steps}"]
+    assert [line.split()[2] for line in shown] == ["1/8", f"{steps}/{steps}"]
+    assert all(line.startswith("stable_diverse: step ") for line in shown)
     assert all(" loss " in line and line.endswith(" tokens/s") for line in shown)
 
 
@@ -327,7 +328,8 @@ def test_loss_check_judges_later_stages_against_where_training_started():
 def _progress_line(step: int, steps: int = 40) -> str:
     from nanbeige_train.pretrain.trainer import PROGRESS_TAG
 
-    row = {"step": step, "steps": steps, "loss": 9.0 - step / 10, "tokens_per_second": 1234.5}
+    row = {"stage": "warmup", "step": step, "steps": steps, "loss": 9.0 - step / 10}
+    row["tokens_per_second"] = 1234.5
     return "[rank0]: " + PROGRESS_TAG + json.dumps(row)
 
 
@@ -342,9 +344,9 @@ def test_progress_reports_first_last_and_every_ten_seconds_between():
         now[0] += 3.0
     on_line("[rank0]: Traceback (most recent call last):")
     on_line("[rank0]: step:  4  loss:  7.1  (torchtitan's own line: left to the log file)")
-    steps = [int(line.split()[1].split("/")[0]) for line in shown]
+    steps = [int(line.split()[2].split("/")[0]) for line in shown]
     assert steps == [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 40]  # never 10 s without a line
-    assert shown[0] == "step 1/40  loss 8.9000  1,234 tokens/s"
+    assert shown[0] == "warmup: step 1/40  loss 8.9000  1,234 tokens/s"
     assert warned == ["[rank0]: Traceback (most recent call last):"]
 
 
@@ -415,7 +417,8 @@ def test_a_stage_version_from_store_versions_passes_its_checks_and_exports(data,
     assert report.values["dtype"] == report.extra["dtype"] == "float32"
     assert report.extra["stage"] == {"name": "warmup", "seq_len": 64, "rope_theta": 10000.0}
     assert "| web/diverse |" in report.markdown["tokens_per_bucket"]
-    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert lines == [line for line in lines if line.startswith("warmup: step ")]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
 
     stage_v = _version(
         store,

@@ -36,6 +36,7 @@ FEW = tuple(DIMS[i] for i in (0, 2, 12, 14))  # knowledge, educational | fluency
 def tagging_cfg(**kw) -> TaggingConfig:
     return TaggingConfig(dimensions=list(FEW), **kw)
 
+
 CLEAN = (
     "Photosynthesis is the process by which green plants, algae and some bacteria convert light "
     "energy into chemical energy. Using sunlight, water and carbon dioxide, the plant produces "

@@ -157,7 +157,9 @@ def test_quantile_tiers_hold_their_sizes_when_utilities_tie(scored, tmp_path):
         content_score=pl.lit(4.0), format_score=pl.lit(4.0)
     )
     flat = write_table(tags, tmp_path / "flat", TAGS_FILE)
-    ret0 = write_table(tags.select("id", retrieval_score=pl.lit(0.0)), tmp_path / "ret0", RETRIEVAL_FILE)
+    ret0 = write_table(
+        tags.select("id", retrieval_score=pl.lit(0.0)), tmp_path / "ret0", RETRIEVAL_FILE
+    )
     out = tmp_path / "out"
     out.mkdir()
     assign_tiers(

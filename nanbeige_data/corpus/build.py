@@ -683,7 +683,9 @@ def build_domain(
         names = [paths] if isinstance(paths, str) else list(paths)
         where = ", ".join(names) if source == "files" else f"embedded:{domain}"
         skipped = f" ({_skip_text(stats.skipped)} skipped)" if stats.skipped else ""
-        raise CorpusError(where, None, f"domain {domain!r}: no documents (corpus is empty){skipped}")
+        raise CorpusError(
+            where, None, f"domain {domain!r}: no documents (corpus is empty){skipped}"
+        )
     return stats
 
 
@@ -712,7 +714,7 @@ class _Sink:
             if len(self.rows) >= self.shard_docs:
                 self._flush()
         self._flush()
-        self.stats.shards = len(self.written)
+        self.stats.shards = len(self._shards())
 
     def _skip_reason(self, text: str) -> str | None:
         if not text.strip():
@@ -739,9 +741,11 @@ class _Sink:
 
     def _flush(self) -> None:
         if self.rows:
-            shards = [p for p in self.written if p.suffix == ".parquet"]
-            self.written.append(_write_shard(self.rows, self.out_dir, len(shards)))
+            self.written.append(_write_shard(self.rows, self.out_dir, len(self._shards())))
             self.rows = []
+
+    def _shards(self) -> list[Path]:
+        return [p for p in self.written if p.suffix == ".parquet"]
 
     def remove(self) -> None:
         for path in self.written:
@@ -774,7 +778,11 @@ def build_raw(domain: str, cfg: DomainSource, checks: CorpusChecks, out_dir: Pat
     examples = {r: excluded(out_dir, r)[:5] for r in stats.skipped if r != "empty_text"}
     return Report(
         counts={"documents": stats.documents, "bytes": stats.bytes, "shards": stats.shards},
-        json={"per_source": stats.per_source, "skipped": stats.skipped, "skipped_examples": examples},
+        json={
+            "per_source": stats.per_source,
+            "skipped": stats.skipped,
+            "skipped_examples": examples,
+        },
         values={"source": cfg.source},
         extra={"provenance": provenance(domain, cfg), "stats": stats.as_dict()},
     )

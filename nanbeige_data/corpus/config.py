@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
+from nanbeige_data.config import PositiveInt, Section
 
 
 class DomainSource(Section):
@@ -24,8 +24,11 @@ class DomainSource(Section):
 
 
 class CorpusChecks(Section):
-    min_chars: Annotated[int, Field(ge=0)] = 1  # a document shorter than this fails the gate
-    max_chars: PositiveInt = 1_000_000  # a document longer than this fails the gate
+    # the length bounds of a document: one outside them is skipped when the domain is built
+    # (counted, and recorded in the version's excluded/too_short.jsonl or too_long.jsonl), and
+    # the corpus gate checks them again on what was written
+    min_chars: Annotated[int, Field(ge=0)] = 1
+    max_chars: PositiveInt = 1_000_000
 
 
 class CorpusConfig(Section):

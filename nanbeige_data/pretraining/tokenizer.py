@@ -64,6 +64,7 @@ import polars as pl
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from nanbeige_data.pretraining.config import TokenizerConfig
+from nanbeige_data.refinery.tiers import TIERS, TIERS_FILE
 from nanbeige_data.report import Report, md_table
 
 CODE_VERSION = "1"  # bump when the bytes written for the same input change
@@ -74,7 +75,6 @@ SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 ROUNDTRIP_FILE = "roundtrip_sample.json"  # the documents the round-trip gate re-encodes
 INDEX_FILE, INDEX_TABLE = "index.json", "index.parquet"
 ROUNDTRIP_DOCS_PER_DOMAIN = 50
-TIERS = ("rejected", "diverse", "high")
 SPLITS = ("train", "val")
 TIER_COLUMNS = ("id", "domain", "tier")
 CHAT_TEMPLATE = (
@@ -83,7 +83,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-TIERS_TABLE = "tiers.parquet"  # the quality_tiers version's table (nanbeige_data.refinery.tiers)
 _SAMPLE_DOCS = 2000  # training documents kept (reservoir) to measure chars per token
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -375,7 +374,7 @@ def build_token_shards(
     plus the reasoning held-out set the ablation scores."""
     index = write_token_shards(
         str(Path(corpus_dir) / "*.parquet"),
-        Path(tiers_dir) / TIERS_TABLE,
+        Path(tiers_dir) / TIERS_FILE,
         tokenizer_dir,
         out_dir,
         seed=seed,

@@ -87,9 +87,7 @@ _COLUMNS = ("id", "text", "domain", "source")  # what the index reads from a cor
 # --------------------------------------------------------------------------- embedding
 
 
-def embed(
-    texts: Sequence[str], cfg: RetrievalConfig, meter: Progress | None = None
-) -> np.ndarray:
+def embed(texts: Sequence[str], cfg: RetrievalConfig, meter: Progress | None = None) -> np.ndarray:
     """Unit-norm float32 embeddings (len(texts), 384) of each text's first embed_max_chars.
 
     Texts go through the model longest first in ``cfg.batch_size`` batches (as

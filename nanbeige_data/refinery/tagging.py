@@ -131,7 +131,7 @@ class LlmJudge:
         self.model, self.tokenizer = load_causal_lm(model, self.dtype)
         self.digit_ids = digit_token_ids(self.tokenizer)
         self._head_ids, self._tail_ids = self._template_ids()
-        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._head: tuple[Any, Any] | None = None  # (dtype, KV cache of the template head)
 
     def _encode(self, text: str, literal: bool = False) -> list[int]:
         """Token ids; ``literal`` reads special-token strings in ``text`` as plain text."""
@@ -182,21 +182,72 @@ class LlmJudge:
         return out
 
     def _digit_logits_cached(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
-        """[n_dims, 10] digit logits: prefix encoded once, suffixes batched on its cache."""
+        """[n_dims, 10] digit logits of ``prefix + suffix`` for each suffix, computed as one
+        causal pass over each prompt would, with nothing computed twice: the template head's
+        cache is shared by all documents, the document and the suffixes' common leading tokens
+        ("Question:") are encoded once, and the rest of the suffixes go in one packed sequence
+        whose mask lets each see the prefix and its own earlier tokens, at its own positions."""
         import torch
 
-        body = self.model.get_decoder()
-        width = max(len(s) for s in suffixes)
-        batch = torch.tensor([s + [self._pad_id] * (width - len(s)) for s in suffixes])
-        last = torch.tensor([len(s) - 1 for s in suffixes])
+        common = _common_prefix(suffixes)
+        rest = [s[len(common) :] for s in suffixes]
+        start = len(prefix) + len(common)
+        lengths = torch.tensor([len(r) for r in rest])
+        ends = lengths.cumsum(0)
+        body, cache = self.model.get_decoder(), self._head_cache()
+        doc = prefix[len(self._head_ids) :] + common
         with torch.inference_mode():
-            cache = body(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(suffixes))
-            # Right padding needs no mask: causal attention keeps pads out of real positions.
-            hidden = body(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+            body(
+                input_ids=torch.tensor([doc]),
+                position_ids=torch.arange(len(self._head_ids), start)[None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            hidden = body(
+                input_ids=torch.tensor([[t for r in rest for t in r]]),
+                position_ids=(start + torch.cat([torch.arange(n) for n in lengths]))[None],
+                attention_mask=_packed_mask(start, lengths)[None, None],
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state[0]
             head = self.model.get_output_embeddings().weight[self.digit_ids]  # [10, hidden]
-            logits = hidden[torch.arange(len(suffixes)), last] @ head.T
+            logits = hidden[ends - 1] @ head.T
         return logits.float().numpy()
+
+    def _head_cache(self) -> Any:
+        """A copy of the KV cache of the template head (system prompt, "Document:"), which every
+        prompt starts with; computed once per model dtype."""
+        import copy
+
+        import torch
+
+        dtype = self.model.dtype
+        if self._head is None or self._head[0] != dtype:
+            ids = torch.tensor([self._head_ids])
+            with torch.inference_mode():
+                cache = self.model.get_decoder()(input_ids=ids, use_cache=True).past_key_values
+            self._head = (dtype, cache)
+        return copy.deepcopy(self._head[1])
+
+
+def _common_prefix(seqs: Sequence[list[int]]) -> list[int]:
+    """The longest common leading tokens of ``seqs``, leaving every sequence one token."""
+    n = min(len(s) for s in seqs) - 1
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return seqs[0][:i]
+    return seqs[0][: max(n, 0)]
+
+
+def _packed_mask(start: int, lengths: Any) -> Any:
+    """[sum(lengths), start + sum(lengths)] bool: each packed sequence sees the first ``start``
+    positions and, causally, itself."""
+    import torch
+
+    total = int(lengths.sum())
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    own = (seq[:, None] == seq[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
+    return torch.cat([torch.ones(total, start, dtype=torch.bool), own], dim=1)
 
 
 # --------------------------------------------------------------------------- remote judge
@@ -415,7 +466,7 @@ class TagClassifier:
     differently); the n-grams and statistics move documents within their domain.
     """
 
-    def __init__(self, cfg: TaggingConfig = TaggingConfig()) -> None:
+    def __init__(self, cfg: TaggingConfig) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
         from sklearn.linear_model import Ridge
         from sklearn.preprocessing import StandardScaler

@@ -4,11 +4,12 @@
 
 Content is weighted over format (the paper found content labels more predictive) and the
 retrieval score recalls documents the tagger undervalues. Documents are cut into three tiers:
-``rejected`` (dropped), ``diverse`` (the paper's 12.5T "high-quality" pool, seen once) and
-``high`` (its 6.5T higher-quality subset, upsampled for ``high_quality_epochs`` >= 2 epochs). Cut-offs
-are either absolute utilities or quantiles of the utility distribution (robust to a judge whose
-scores are compressed into a narrow band, as small judges' are); quantile tiers are cut by rank,
-ties broken by id, so their sizes hold even when many documents share one utility.
+``rejected`` (dropped), ``diverse`` (the paper's 12.5T "high-quality" pool, seen
+``diverse_epochs`` times) and ``high`` (its 6.5T higher-quality subset, upsampled for
+``high_quality_epochs`` >= 2 epochs). Cut-offs are either absolute utilities or quantiles of
+the utility distribution (robust to a judge whose scores are compressed into a narrow band, as
+small judges' are); quantile tiers are cut by rank, ties broken by id, so their sizes hold even
+when many documents share one utility.
 
 Everything is computed in DuckDB over Parquet; ``tiers.duckdb`` in the output holds the tables
 ``tiers`` (one row per document) and ``tier_tokens`` (per domain and tier: documents, tokens,

@@ -26,6 +26,7 @@ from typing import Any
 
 from nanbeige_data.models import Sample, SamplingParams
 
+NUCLEUS_CANDIDATES = 256  # top-p looks among this many tokens before sorting the vocabulary
 # progress(rows finished, tokens generated) within the current generate() call, once per step
 Progress = Callable[[int, int], None]
 
@@ -33,6 +34,24 @@ Progress = Callable[[int, int], None]
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     digest = hashlib.blake2b(f"{seed}:{prompt_index}:{sample_index}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big") & ((1 << 63) - 1)
+
+
+def _nucleus(probs: Any, top_p: float) -> Any:
+    """``probs`` with everything outside the top-p nucleus zeroed (the top token always stays).
+
+    The nucleus is looked for among the ``NUCLEUS_CANDIDATES`` most likely tokens first (a
+    ``topk``); only when they hold less than ``top_p`` of the mass is the whole vocabulary sorted.
+    Either way the kept set is the one a full sort gives: a token past the candidates has at
+    least their mass before it, so it is cut."""
+    import torch
+
+    top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    cumulative = top.cumsum(-1)
+    if not bool((cumulative[:, -1] >= top_p).all()):  # the nucleus may reach past them
+        top, order = probs.sort(dim=-1, descending=True)
+        cumulative = top.cumsum(-1)
+    keep = cumulative - top < top_p  # always keeps the top token
+    return torch.zeros_like(probs).scatter(-1, order, top * keep)
 
 
 @dataclass
@@ -114,13 +133,8 @@ class TorchEngine:
         """One static batch; ``tick(tokens so far in this batch)`` after every step."""
         import torch
 
-        pad, eos = self._pad_id(), self._eos_ids()
-        width = max(len(ids) for _, _, ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (_, _, ids) in enumerate(chunk):
-            input_ids[r, width - len(ids) :] = torch.tensor(ids)
-            mask[r, width - len(ids) :] = 1
+        eos = self._eos_ids()
+        input_ids, mask = self._left_padded([ids for _, _, ids in chunk])
         generators = [
             torch.Generator().manual_seed(row_seed(params.seed, p, s)) for p, s, _ in chunk
         ]
@@ -132,9 +146,12 @@ class TorchEngine:
         active = list(range(len(chunk)))  # rows still generating (finished rows are dropped)
         generated = 0
         with torch.no_grad():
-            for _ in range(params.max_tokens):
+            for step in range(params.max_tokens):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                if self.use_cache:
+                if self.use_cache and step == 0:
+                    outputs = self._prefill([p for p, _, _ in chunk], [ids for _, _, ids in chunk])
+                    past = outputs.past_key_values
+                elif self.use_cache:
                     outputs = self.model(
                         input_ids=step_ids,
                         attention_mask=mask,
@@ -190,6 +207,39 @@ class TorchEngine:
             text = text[:cut]
         return Sample(text, tokens, logprobs, finish or "length")
 
+    def _left_padded(self, rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+        """(input ids, attention mask) of ``rows`` left-padded to the longest."""
+        import torch
+
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(rows):
+            input_ids[r, width - len(ids) :] = torch.tensor(ids)
+            mask[r, width - len(ids) :] = 1
+        return input_ids, mask
+
+    def _prefill(self, prompt_of_row: Sequence[int], rows: Sequence[Sequence[int]]) -> Any:
+        """The prompt pass, once per distinct prompt: the n samples of a prompt share it, and
+        its cache and last logits are copied to each of them (the same numbers, n times less
+        work). Returns the model output with one row per batch row."""
+        import torch
+
+        unique = list(dict.fromkeys(prompt_of_row))
+        input_ids, mask = self._left_padded([rows[prompt_of_row.index(p)] for p in unique])
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        index = torch.tensor([unique.index(p) for p in prompt_of_row])
+        if len(unique) < len(rows):
+            outputs.past_key_values.batch_select_indices(index)
+            outputs.logits = outputs.logits[index]
+        return outputs
+
     @staticmethod
     def _sample(logits, params: SamplingParams, generators) -> Any:
         import torch
@@ -198,10 +248,7 @@ class TorchEngine:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p  # always keeps the top
-            sorted_probs = sorted_probs * keep
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+            probs = _nucleus(probs, params.top_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
         return torch.stack(
             [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)]

@@ -232,8 +232,8 @@ def progress(
     clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[str], None]:
     """A launcher's ``on_line``: the first and last step of each stage and at least one step
-    every ``every_s`` seconds in between go to ``info`` as ``step 3/16  loss 7.1234  1,234
-    tokens/s``; error lines and tracebacks go to ``warn``; everything else is left to the log."""
+    every ``every_s`` seconds in between go to ``info`` (:func:`progress_line`); error lines
+    and tracebacks go to ``warn``; everything else is left to the log file."""
     last_logged = [-math.inf]
 
     def on_line(line: str) -> None:
@@ -252,10 +252,12 @@ def progress(
 
 
 def progress_line(row: Mapping[str, Any]) -> str:
+    """``warmup: step 3/16  loss 7.1234  1,234 tokens/s`` (what a row holds of it)."""
+    stage = f"{row['stage']}: " if row.get("stage") else ""
     steps = f"/{row['steps']}" if row.get("steps") else ""
     rate = row.get("tokens_per_second")
     speed = f"  {rate:,.0f} tokens/s" if rate is not None else ""
-    return f"step {row['step']}{steps}  loss {row['loss']:.4f}{speed}"
+    return f"{stage}step {row['step']}{steps}  loss {row['loss']:.4f}{speed}"
 
 
 # --- checks ----------------------------------------------------------------------------------

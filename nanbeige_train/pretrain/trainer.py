@@ -25,8 +25,8 @@ vs one-rank equality and the stored reference curve in ``tests/data`` are fp32 n
 bf16 there would change them from host to host. An explicit ``float32``/``bfloat16`` wins. The
 dtype used is in ``result.json``.
 
-Progress: rank 0 prints one ``PROGRESS_TAG`` line of JSON per logged step (step, of how many,
-loss, tokens, tokens/s since the last logged step); ``stage.progress`` turns them into the
+Progress: rank 0 prints one ``PROGRESS_TAG`` line of JSON per logged step (stage, step, of how
+many, loss, tokens, tokens/s since the last logged step); ``stage.progress`` turns them into the
 time-throttled lines a person reads.
 
 Run it as ``torchrun --nproc_per_node N -m nanbeige_train.pretrain.trainer spec.json`` (the
@@ -124,7 +124,7 @@ def _lr_scheduler_config(plan, stage):
     return PlanLR()
 
 
-def _metrics_config(work_dir: Path, log_freq: int, steps: int):
+def _metrics_config(work_dir: Path, log_freq: int, stage: str, steps: int):
     from torchtitan.components.metrics import MetricsProcessor
 
     class JsonlMetrics(MetricsProcessor):
@@ -155,7 +155,7 @@ def _metrics_config(work_dir: Path, log_freq: int, steps: int):
             }
             with open(work_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(PROGRESS_TAG + json.dumps(row), flush=True)
+            print(PROGRESS_TAG + json.dumps({"stage": stage, **row}), flush=True)
 
     @dataclass(kw_only=True, slots=True)
     class Config(MetricsProcessor.Config):
@@ -237,7 +237,7 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1, create_seed: bool = 
         dataloader=CurriculumDataLoader.Config(
             shards_dir=spec.shards_dir, plan_path=spec.plan_path, stage=spec.stage
         ),
-        metrics=_metrics_config(work, spec.log_freq, stage.steps),
+        metrics=_metrics_config(work, spec.log_freq, spec.stage, stage.steps),
         parallelism=ParallelismConfig(
             data_parallel_shard_degree=pretrain.data_parallel_shard,
             tensor_parallel_degree=pretrain.tensor_parallel,
