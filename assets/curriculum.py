@@ -4,16 +4,13 @@ plan_<stage> (what each pretraining stage reads of the plan).
 Each asset calls one function of :mod:`nanbeige_data.pretraining.tokenizer` or
 :mod:`nanbeige_data.pretraining.curriculum`, which writes the version's files and its report."""
 
-import os
-
 import dagster as dg
 
 from assets.checks import version_check
-from assets.resources import RecipeResource, StoreResource
-from assets.versioning import _definition_recipe, code_version, materialize
+from assets.resources import RecipeResource, StoreResource, definition_recipe
+from assets.versioning import code_version, materialize
 from nanbeige_data.pretraining import curriculum
-from nanbeige_data.pretraining import tokenizer as tokenization
-from nanbeige_data.recipe import RECIPE_ENV
+from nanbeige_data.pretraining import tokenizer as tokenization  # the asset is named tokenizer
 from nanbeige_data.store.versioned import Version
 
 GROUP = "curriculum"
@@ -21,7 +18,7 @@ GROUP = "curriculum"
 
 def stage_names() -> list[str]:
     """The FG-WSD stages of the recipe the Definitions are built from (one asset each)."""
-    return [s.name for s in _definition_recipe(os.environ.get(RECIPE_ENV, "")).curriculum.stages]
+    return [s.name for s in definition_recipe().curriculum.stages]
 
 
 @dg.asset(

@@ -75,54 +75,37 @@ def materialize(
 
     ``run(recipe, staging)`` fills ``staging.path`` and returns the stage's report."""
     rcp, vstore = recipe.load(), store.open()
+    sections = (section,) if isinstance(section, str) else section
     with staged(vstore, context) as stage:
         report = run(rcp, stage)
-        return commit(
-            context,
-            vstore,
+        version = vstore.commit(
             stage,
-            recipe=rcp,
-            section=section,
-            inputs=inputs,
-            counts=report.counts,
-            metadata=report_metadata(report),
-            extra=report.extra,
+            inputs=dict(inputs),
+            code_version=context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+            recipe_hash=rcp.section_hash(*sections),
+            recipe_name=rcp.name,
+            counts=dict(report.counts),
+            extra={**_provenance(context, rcp, sections), **report.extra},
         )
-
-
-def commit(
-    context: dg.AssetExecutionContext,
-    store: VersionedStore,
-    staging: Staging,
-    *,
-    recipe: Recipe,
-    section: str | tuple[str, ...],
-    counts: Mapping[str, int],
-    inputs: Mapping[str, Version] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dg.Output[Version]:
-    """Seal the staging dir as a new version and return it as a Dagster output."""
-    sections = (section,) if isinstance(section, str) else section
-    version = store.commit(
-        staging,
-        inputs=dict(inputs or {}),
-        code_version=context.assets_def.code_versions_by_key.get(context.asset_key) or "",
-        recipe_hash=recipe.section_hash(*sections),
-        recipe_name=recipe.name,
-        counts=dict(counts),
-        extra={
-            "run_id": context.run_id,
-            "seed": recipe.seed,
-            # the values behind recipe_hash, so the exact recipe is recoverable from the store
-            "recipe_sections": {
-                name: recipe.section(name).model_dump(mode="json") for name in sections
-            },
-            **(extra or {}),
-        },
-    )
     context.log.info(f"committed {version.key} {version.version_id} at {version.path}")
-    meta: dict[str, Any] = {
+    meta = {**_version_metadata(vstore, version, rcp, sections), **report_metadata(report)}
+    return dg.Output(version, data_version=dg.DataVersion(version.data_version), metadata=meta)
+
+
+def _provenance(context: dg.AssetExecutionContext, recipe: Recipe, sections: tuple) -> dict:
+    """What the manifest records beside the report: the run, the seed, and the values behind
+    recipe_hash, so the exact recipe is recoverable from the store."""
+    return {
+        "run_id": context.run_id,
+        "seed": recipe.seed,
+        "recipe_sections": {n: recipe.section(n).model_dump(mode="json") for n in sections},
+    }
+
+
+def _version_metadata(
+    store: VersionedStore, version: Version, recipe: Recipe, sections: tuple
+) -> dict[str, Any]:
+    return {
         "version_id": version.version_id,
         "data_version": version.data_version,
         "path": dg.MetadataValue.path(version.path),
@@ -131,7 +114,5 @@ def commit(
         "inputs": dg.MetadataValue.json(version.manifest["inputs"]),
         # every version behind this one, each asset name a link to its page in the UI
         "lineage": dg.MetadataValue.md(markdown(lineage(store, version.key, version.version_id))),
-        **{k: int(v) for k, v in counts.items()},
-        **(metadata or {}),
+        **{k: int(v) for k, v in version.manifest["counts"].items()},
     }
-    return dg.Output(version, data_version=dg.DataVersion(version.data_version), metadata=meta)

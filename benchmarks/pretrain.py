@@ -42,7 +42,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -342,7 +341,7 @@ def bench_training(args, root: Path, vocab: int) -> tuple[dict, dict]:
     rcp, plan, stage = write_plan(shards, args.steps, plan_path)
     shape = ModelShape.from_recipe(rcp.model, vocab_size=vocab)
     settings = {
-        **asdict(shape),
+        **shape.model_dump(),
         "batch": stage.sequences_per_step,
         "seq_len": stage.seq_len,
         "steps": args.steps,
@@ -387,7 +386,7 @@ def stage_spec(rcp, shape, plan_path: Path, shards: Path, tok_dir: Path, work: P
         stage=STAGE,
         shards_dir=str(shards),
         tokenizer_dir=str(tok_dir),
-        model=asdict(shape),
+        model=shape.model_dump(),
         work_dir=str(work),
         # one checkpoint, at the end, as a stage always writes
         pretrain=rcp.pretrain.model_copy(update={"checkpoint_every": steps}),

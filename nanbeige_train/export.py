@@ -70,7 +70,7 @@ def export_version(final: Version, tokenizer: Version, model: ModelConfig, out_d
         extra={
             "export": stats.as_dict(),
             "checkpoint": str(final.local_path / CHECKPOINT_DIR),
-            "shape": asdict(shape),
+            "shape": shape.model_dump(),
         },
     )
 

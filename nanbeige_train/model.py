@@ -15,38 +15,26 @@ Q/K/V are separate projections (``fuse_qkv=False``) so the state dict maps one-t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch.nn as nn
 
+from nanbeige_data.config import PositiveInt
+from nanbeige_data.pretraining.config import ModelConfig
 from nanbeige_train import compat
 
 CODE_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    ffn_dim: int
-    vocab_size: int
-    norm_eps: float = 1e-5
+class ModelShape(ModelConfig):
+    """The recipe's model section plus what the data decides (the tokenizer's vocabulary)."""
+
+    vocab_size: PositiveInt
     tie_embeddings: bool = False
 
     @classmethod
-    def from_recipe(cls, model_section, vocab_size: int) -> ModelShape:
-        return cls(
-            dim=model_section.dim,
-            n_layers=model_section.n_layers,
-            n_heads=model_section.n_heads,
-            n_kv_heads=model_section.n_kv_heads,
-            ffn_dim=model_section.ffn_dim,
-            vocab_size=vocab_size,
-            norm_eps=model_section.norm_eps,
-        )
+    def from_recipe(cls, model_section: ModelConfig, vocab_size: int) -> ModelShape:
+        return cls(**model_section.model_dump(), vocab_size=vocab_size)
 
     @property
     def head_dim(self) -> int:

@@ -289,3 +289,13 @@ def test_pass_at_k_and_avg_at_k():
     assert avg_at_k([False] * 3) == 0.0
     with pytest.raises(ValueError):
         avg_at_k([])
+
+
+def test_math_verify_timeout_notice_is_silenced(caplog):
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = False
+    with caplog.at_level("WARNING"):
+        assert verify_math("\\boxed{\\frac{1}{2}}", "\\frac{2}{4}").correct
+    assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]

@@ -182,36 +182,28 @@ class LlmJudge:
         return out
 
     def _digit_logits_cached(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
-        """[n_dims, 10] digit logits of ``prefix + suffix`` for each suffix, computed as one
-        causal pass over each prompt would, with nothing computed twice: the template head's
+        """[n_dims, 10] digit logits of ``prefix + suffix`` for each suffix, as one causal pass
+        over each prompt would give them, with nothing computed twice: the template head's KV
         cache is shared by all documents, the document and the suffixes' common leading tokens
-        ("Question:") are encoded once, and the rest of the suffixes go in one packed sequence
-        whose mask lets each see the prefix and its own earlier tokens, at its own positions."""
+        ("Question:") are encoded once, and the rest of the suffixes run as one batch on that
+        cache, repeated once per suffix."""
         import torch
 
         common = _common_prefix(suffixes)
         rest = [s[len(common) :] for s in suffixes]
-        start = len(prefix) + len(common)
-        lengths = torch.tensor([len(r) for r in rest])
-        ends = lengths.cumsum(0)
+        width = max(len(r) for r in rest)
+        pad = self.tokenizer.pad_token_id or 0
+        batch = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+        last = torch.tensor([len(r) - 1 for r in rest])
         body, cache = self.model.get_decoder(), self._head_cache()
-        doc = prefix[len(self._head_ids) :] + common
+        doc = torch.tensor([prefix[len(self._head_ids) :] + common])
         with torch.inference_mode():
-            body(
-                input_ids=torch.tensor([doc]),
-                position_ids=torch.arange(len(self._head_ids), start)[None],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            hidden = body(
-                input_ids=torch.tensor([[t for r in rest for t in r]]),
-                position_ids=(start + torch.cat([torch.arange(n) for n in lengths]))[None],
-                attention_mask=_packed_mask(start, lengths)[None, None],
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state[0]
+            body(input_ids=doc, past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(rest))
+            # Right padding needs no mask: causal attention keeps pads out of real positions.
+            hidden = body(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
             head = self.model.get_output_embeddings().weight[self.digit_ids]  # [10, hidden]
-            logits = hidden[ends - 1] @ head.T
+            logits = hidden[torch.arange(len(rest)), last] @ head.T
         return logits.float().numpy()
 
     def _head_cache(self) -> Any:
@@ -237,17 +229,6 @@ def _common_prefix(seqs: Sequence[list[int]]) -> list[int]:
         if any(s[i] != seqs[0][i] for s in seqs):
             return seqs[0][:i]
     return seqs[0][: max(n, 0)]
-
-
-def _packed_mask(start: int, lengths: Any) -> Any:
-    """[sum(lengths), start + sum(lengths)] bool: each packed sequence sees the first ``start``
-    positions and, causally, itself."""
-    import torch
-
-    total = int(lengths.sum())
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    own = (seq[:, None] == seq[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
-    return torch.cat([torch.ones(total, start, dtype=torch.bool), own], dim=1)
 
 
 # --------------------------------------------------------------------------- remote judge

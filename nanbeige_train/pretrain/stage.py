@@ -109,7 +109,7 @@ def stage_spec(
         stage=stage,
         shards_dir=str(shards_dir),
         tokenizer_dir=str(tokenizer_dir),
-        model=asdict(shape),
+        model=shape.model_dump(),
         work_dir=str(work_dir),
         pretrain=pretrain,
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
