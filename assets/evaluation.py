@@ -1,16 +1,15 @@
 """The eval group: evalset_<name> (one asset per evaluation set) and eval_<model> reports for
 the pretrained base model and the packaged reference model (SmolLM2-135M-Instruct)."""
 
-import os
 
 import dagster as dg
 import polars as pl
 
 from assets.checks import version_check
-from assets.resources import RecipeResource, StoreResource
-from assets.versioning import _definition_recipe, code_version, materialize
+from assets.resources import RecipeResource, StoreResource, definition_recipe
+from assets.versioning import code_version, materialize
 from nanbeige_data.evaluation import evalsets
-from nanbeige_data.recipe import RECIPE_ENV, Recipe
+from nanbeige_data.recipe import Recipe
 from nanbeige_data.store.versioned import Version
 from nanbeige_train import evaluate
 
@@ -44,7 +43,7 @@ def evalset_asset(name: str) -> dg.AssetsDefinition:
 
 
 def _set_names() -> list[str]:
-    return [s.name for s in _definition_recipe(os.environ.get(RECIPE_ENV, "")).eval.sets]
+    return [s.name for s in definition_recipe().eval.sets]
 
 
 SETS = _set_names()

@@ -9,9 +9,9 @@ from assets.checks import gx_check, version_check
 from assets.resources import RecipeResource, StoreResource
 from assets.versioning import code_version, materialize
 from nanbeige_data.corpus import build as corpus
-from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging, tiers
 from nanbeige_data.quality import corpus_frame, corpus_suite, score_suite, table_frame
 from nanbeige_data.recipe import Recipe
+from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging, tiers
 from nanbeige_data.store.versioned import Version
 
 GROUP = "refinery"

@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.resources import RecipeResource, StoreResource, definition_recipe, recipe_at
+from assets.resources import RecipeResource, StoreResource, definition_recipe
 from nanbeige_data.corpus.build import CorpusError
 from nanbeige_data.recipe import Recipe, RecipeError
 from nanbeige_data.report import Report
@@ -30,12 +30,6 @@ def code_version(module_version: str, *sections: str) -> str:
     Definitions are built from ($NANBEIGE_RECIPE; see assets.resources, one recipe per code
     location)."""
     return f"{module_version}+{definition_recipe().section_hash(*sections)}"
-
-
-def _definition_recipe(ref: str = "") -> Recipe:
-    """The recipe the Definitions are built from (``ref`` as $NANBEIGE_RECIPE would be),
-    parsed once per file content; prefer ``assets.resources.definition_recipe()``."""
-    return recipe_at(ref)
 
 
 INPUT_ERRORS = (CorpusError, RecipeError, StoreError)
