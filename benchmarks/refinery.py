@@ -106,29 +106,12 @@ def stage(name: str, work: Path, scale: int) -> dict:
         stats = decontam.decontaminate(merged, out, decontam.DecontamConfig(), scratch)
         docs = stats.documents_in
     elif name == "tagging":
-        t = rcp.refinery.tagging
-        dims = [tagging.Dimension(d.name, d.kind, d.question) for d in t.dimensions]
-        annotator = tagging.make_annotator(t.annotator, max_doc_tokens=t.max_doc_tokens)
-        stats = tagging.tag_corpus(
-            [work / "decontam"],
-            out,
-            dims,
-            annotator,
-            tagging.TaggerConfig(sample_size=t.sample, seed=0),
-        )
-        docs = stats.documents
+        report = tagging.tag_corpus([work / "decontam"], out, rcp.refinery.tagging, seed=0)
+        docs = report.counts["documents"]
     elif name == "retrieval":
-        r = rcp.refinery.retrieval
-        cfg = retrieval.RetrievalConfig(
-            embed_max_chars=r.embed_max_chars,
-            top_k=r.top_k,
-            rrf_k=r.rrf_k,
-            exemplars=tuple(r.exemplars),
-        )
-        stats = retrieval.build_index([work / "decontam"], out / "lancedb", cfg)
-        ex = retrieval.exemplar_texts(r.exemplars, limit=r.exemplars_per_set, seed=0)
-        retrieval.score_documents(out / "lancedb", out, cfg, ex)
-        docs = stats.documents
+        report = retrieval.build_index([work / "decontam"], out, rcp.refinery.retrieval)
+        retrieval.score_documents(out, out, rcp.refinery.retrieval, seed=0)
+        docs = report.counts["documents"]
     else:
         raise ValueError(name)
     seconds = time.perf_counter() - started

@@ -124,13 +124,15 @@ def _quiet_loading() -> Iterator[None]:
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
-    bars, gguf_tqdm = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    bars, gguf_tqdm = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
-    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
-        gguf_utils.tqdm = gguf_tqdm
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -615,27 +615,6 @@ def _read_files(files: list[str], domain: str) -> Iterator[dict]:
             yield _normalize(rec, (path, n), domain, keys[path], os.path.basename(path))
 
 
-def check_shards(folder: Path) -> list[Path]:
-    """The top-level ``*.parquet`` shards of a corpus directory, each checked for the corpus
-    columns as strings; a missing directory or a bad shard raises CorpusError naming it."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CorpusError(str(folder), None, "corpus directory not found")
-    shards = sorted(folder.glob("*.parquet"))
-    for shard in shards:
-        try:
-            schema = pq.read_schema(shard)
-        except (OSError, pa.ArrowException) as exc:
-            raise CorpusError(str(shard), None, f"unreadable Parquet ({exc})") from exc
-        for name in FIELDS:
-            if name not in schema.names:
-                raise CorpusError(str(shard), None, f"missing column {name!r} ({schema.names})")
-            kind = schema.field(name).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                raise CorpusError(str(shard), None, f"column {name!r} is {kind}, not string")
-    return shards
-
-
 # --------------------------------------------------------------------------- writing
 
 

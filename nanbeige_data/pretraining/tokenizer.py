@@ -635,7 +635,9 @@ def corpus_texts(corpus_dir: Path) -> Iterator[str]:
     """Texts of a refined corpus version (Parquet shards), in file order, a batch at a time."""
     import pyarrow.dataset as ds
 
-    files = sorted(Path(corpus_dir).glob("*.parquet"))
+    from nanbeige_data.refinery.docs import corpus_shards
+
+    files = corpus_shards(corpus_dir, columns=("text",))
     if not files:
         raise TokenizationError(f"{corpus_dir}: no Parquet shards to train a tokenizer on")
     for batch in ds.dataset([str(f) for f in files]).to_batches(columns=["text"]):

@@ -9,10 +9,11 @@ with the judge on a held-out part of the sample (Spearman, MAE, within-1) is rep
 dimension.
 
 The judge reads one digit: the score is the expectation over the probabilities of the ten digit
-tokens at the first answer position, from one forward pass (no sampling, no text parsing). The
-document prefix is encoded once and its KV cache is reused for every dimension's question,
-batched against the cache repeated once per dimension; only the digit rows of the output head are
-computed, at each question's last token.
+tokens at the first answer position, from one forward pass (no sampling, no text parsing).
+Nothing is computed twice: the prompt template's head is encoded once per judge, each document
+(with the questions' common leading tokens) once, and its KV cache is reused for every
+dimension's question, batched against the cache repeated once per dimension; only the digit rows
+of the output head are computed, at each question's last token.
 
 Trade-offs:
 
@@ -25,8 +26,9 @@ Trade-offs:
   labelled ones included, gets the classifier's scores, so the table is one consistent scale.
 * The sample is balanced over domains (equal shares; what a small domain cannot fill goes to the
   others) rather than proportional, so that a small domain still gets labels to learn from.
-* Each of the 20 questions is ~40 tokens after a ~400-token document, so the question suffixes
-  are most of the judge's compute even with the document encoded once.
+* Each of the 20 questions is ~40 tokens after a ~300-token prefix, so the question suffixes
+  are most of the judge's compute even with the document encoded once (on an AVX2 CPU in fp32,
+  ~3 s of one core per document with 20 dimensions; the linear layers run near peak).
 * The judge runs in the recipe's ``dtype`` (``auto``: bf16 only where the hardware runs it
   natively, fp32 elsewhere; see ``nanbeige_data.models.resolve_dtype``); the dtype used is in the
   report, as bf16 and fp32 labels differ in the last digits.
@@ -87,11 +89,6 @@ def expected_digit(logits: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- LLM judge
-
-
-# Kept for nanbeige_train.generation.engines, which loads models through it; new code calls
-# nanbeige_data.models.load_causal_lm.
-load_judge_model = load_causal_lm
 
 
 def digit_token_ids(tokenizer: Any) -> list[int]:
