@@ -1,7 +1,6 @@
 """The eval group: evalset_<name> (one asset per evaluation set) and eval_<model> reports for
 the pretrained base model and the packaged reference model (SmolLM2-135M-Instruct)."""
 
-
 import dagster as dg
 import polars as pl
 

@@ -76,8 +76,8 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
 
 def stage(name: str, work: Path, scale: int) -> dict:
     """Run one stage in this process; returns docs, seconds and peak memory."""
-    from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging
     from nanbeige_data.recipe import load_recipe
+    from nanbeige_data.refinery import decontam, dedup, filters, retrieval, tagging
 
     rcp = load_recipe("tiny")
     raw = {d: work / f"raw_{d}" for d in DOMAINS}
@@ -85,17 +85,19 @@ def stage(name: str, work: Path, scale: int) -> dict:
     out.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     started = time.perf_counter()
+    r = rcp.refinery
+    two = r.execution.model_copy(update={"workers": 2})
     if name == "filters":
-        cfg = filters.FilterConfig(workers=2)
         docs = 0
         for d in DOMAINS:
             (out / d).mkdir()
-            docs += filters.filter_domain(d, raw[d], out / d, cfg, scratch / d).documents_in
+            report = filters.filter_domain(d, raw[d], out / d, r.filters, scratch / d, two)
+            docs += report.counts["documents_in"]
     elif name == "dedup":
-        stats = dedup.dedup_corpus(
-            {d: work / "filters" / d for d in DOMAINS}, out, dedup.DedupConfig(workers=2), scratch
+        report = dedup.dedup_corpus(
+            {d: work / "filters" / d for d in DOMAINS}, out, r.dedup, scratch, two
         )
-        docs = stats.documents_in
+        docs = report.counts["documents_in"]
     elif name == "decontam":
         # fed the filtered (not deduplicated) corpus, so a 4x copy stays 4x for every later stage
         merged = work / "filtered-all"
@@ -103,8 +105,8 @@ def stage(name: str, work: Path, scale: int) -> dict:
         for d in DOMAINS:
             for shard in sorted((work / "filters" / d).glob("*.parquet")):
                 (merged / f"{d}-{shard.name}").symlink_to(shard)
-        stats = decontam.decontaminate(merged, out, decontam.DecontamConfig(), scratch)
-        docs = stats.documents_in
+        report = decontam.decontaminate(merged, out, r.decontamination, scratch, two)
+        docs = report.counts["documents_in"]
     elif name == "tagging":
         report = tagging.tag_corpus([work / "decontam"], out, rcp.refinery.tagging, seed=0)
         docs = report.counts["documents"]
@@ -124,9 +126,10 @@ def plain_datatrove(work: Path) -> dict:
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import ParquetWriter
 
+    from nanbeige_data.recipe import load_recipe
     from nanbeige_data.refinery import filters
 
-    cfg = filters.FilterConfig(workers=2)
+    cfg = load_recipe("tiny").refinery.filters
     started = time.perf_counter()
     for d in DOMAINS:
         pipeline = [

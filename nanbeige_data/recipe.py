@@ -46,7 +46,6 @@ DEFAULT_RECIPE = "tiny"
 RECIPE_ENV = "NANBEIGE_RECIPE"
 
 
-
 __all__ = [
     "CorpusChecks",
     "CorpusConfig",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
+from nanbeige_data.config import Dtype, PositiveInt, Section
 
 
 class EvalSetConfig(Section):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nanbeige_data.config import Dtype, Fraction, PositiveInt, Section
+from nanbeige_data.config import Fraction, PositiveInt, Section
 
 
 class SFTConfig(Section):

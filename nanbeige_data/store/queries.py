@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+
 def store_views(store_root: str | Path) -> dict[str, str]:
     """View name -> Parquet glob for the newest version of every asset in a local store.
 
