@@ -19,12 +19,13 @@ Slurm task resumes from datatrove's completion markers. On Slurm the caller's in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def build_executor(
     tasks, logs = max(1, stage.tasks), str(logging_dir)
     if execution.executor == "local":
         workers = max(1, min(execution.workers, tasks))
-        return LocalPipelineExecutor(stage.pipeline, tasks=tasks, workers=workers, logging_dir=logs)
+        return _QuietLocalExecutor(stage.pipeline, tasks=tasks, workers=workers, logging_dir=logs)
     if execution.executor == "slurm":
         venv = Path(sys.prefix) / "bin" / "activate"
         return SlurmPipelineExecutor(
@@ -190,9 +191,42 @@ def run_stages(
         executor = build_executor(stage, execution, logs / stage.name, job)
         if isinstance(executor, LocalPipelineExecutor) and executor.workers > 1:
             _preload_forkserver()
-        executor.run()
+        with _console_warnings_only():
+            executor.run()
         executors.append(executor)
     return executors
+
+
+class _QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, its tasks logging to their log files only (errors still reach
+    the console): datatrove prints a banner and a stats table per task to stderr otherwise, for
+    every stage of every domain. ``local_rank`` is used for nothing but that choice; a task run
+    in this process re-installs datatrove's default DEBUG console sink when it ends, so the
+    console is put back to warnings-only after each."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        try:
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        finally:
+            _warnings_only()
+
+
+def _warnings_only() -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+@contextlib.contextmanager
+def _console_warnings_only() -> Iterator[None]:
+    """While a local executor runs here, datatrove's own (loguru) console lines below WARNING --
+    the merged stats table -- are dropped; the stats stay in each stage's logging_dir."""
+    _warnings_only()
+    try:
+        yield
+    finally:
+        _warnings_only()
 
 
 def _run_slurm_chain(
