@@ -243,3 +243,52 @@ def test_local_executor_caps_workers_at_tasks(tmp_path) -> None:
     assert isinstance(local, LocalPipelineExecutor) and (local.world_size, local.workers) == (3, 3)
     one = docs.build_executor(stage, ExecutionConfig(workers=1), tmp_path, "job")
     assert (one.world_size, one.workers) == (3, 1)
+
+
+def test_a_local_pool_finishes_when_sigterm_is_ignored(web, tmp_path) -> None:
+    """Dagster maps SIGTERM to SIGINT's handler, SIG_IGN in a background job (CI): a pool started
+    then must still terminate its idle workers on exit instead of waiting for them forever."""
+    import shutil
+    import subprocess
+    import textwrap
+
+    raw = tmp_path / "raw"  # two shards: two tasks, so a real pool of two workers
+    raw.mkdir()
+    for i in range(2):
+        shutil.copy(next(web.glob("*.parquet")), raw / f"part-{i:05d}.parquet")
+    program = textwrap.dedent(
+        f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from pathlib import Path
+        from nanbeige_data.refinery import filters
+        from nanbeige_data.refinery.config import ExecutionConfig, FilterConfig
+        out, work = Path({str(tmp_path / "out")!r}), Path({str(tmp_path / "work")!r})
+        out.mkdir()
+        report = filters.filter_domain(
+            "web", Path({str(raw)!r}), out, FilterConfig(), work, ExecutionConfig(workers=2)
+        )
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # restored afterwards
+        import os
+
+        def status(pid):
+            return dict(l.split(":", 1) for l in open(f"/proc/{{pid}}/status") if ":" in l)
+
+        servers = [
+            int(p) for p in os.listdir("/proc") if p.isdigit()
+            and b"multiprocess.forkserver" in open(f"/proc/{{p}}/cmdline", "rb").read()
+            and int(status(p)["PPid"]) == os.getpid()
+        ]
+        assert servers, "no forkserver: the pool did not start"
+        for pid in servers:  # pool workers are forked from it and inherit its dispositions
+            ignored = int(status(pid)["SigIgn"], 16)
+            assert not ignored >> (signal.SIGTERM - 1) & 1, f"SIGTERM ignored: {{ignored:x}}"
+        print("kept", report.counts["documents"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kept" in done.stdout

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -189,9 +191,9 @@ def run_stages(
     executors = []
     for stage in stages:
         executor = build_executor(stage, execution, logs / stage.name, job)
-        if isinstance(executor, LocalPipelineExecutor) and executor.workers > 1:
-            _preload_forkserver()
-        with _console_warnings_only():
+        with _terminable_workers(), _console_warnings_only():
+            if isinstance(executor, LocalPipelineExecutor) and executor.workers > 1:
+                _preload_forkserver()
             executor.run()
         executors.append(executor)
     return executors
@@ -216,6 +218,27 @@ def _warnings_only() -> None:
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
+
+
+@contextlib.contextmanager
+def _terminable_workers() -> Iterator[None]:
+    """Pool workers must die on SIGTERM: an exiting ``Pool`` terminates its idle workers with it
+    and then joins them. Dagster maps SIGTERM to SIGINT's handler, which is SIG_IGN in a
+    background job (CI, ``nohup``); the forkserver started in that state passes the ignored
+    SIGTERM to every worker and the pool's exit then waits forever (seen here: decontamination
+    after an in-process materialization). So SIGTERM has its default action while a local pool
+    starts and runs; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

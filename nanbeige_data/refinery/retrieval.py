@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanbeige_data.models import Progress, load_embedder, resolve_dtype
+from nanbeige_data.refinery import docs
 from nanbeige_data.refinery.config import RetrievalConfig
 from nanbeige_data.report import Report
 
@@ -137,22 +138,6 @@ class IndexStats:
         return asdict(self)
 
 
-def corpus_shards(input_dirs: Sequence[Path]) -> list[Path]:
-    """Sorted, readable ``*.parquet`` corpus shards of ``input_dirs``; ValueError otherwise."""
-    shards = [p for d in input_dirs for p in sorted(Path(d).glob("*.parquet"))]
-    if not shards:
-        raise ValueError(f"no *.parquet corpus shards in {[str(d) for d in input_dirs]}")
-    for path in shards:  # checked up front: errors raised inside Lance's write lose their type
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-        except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"{path}: unreadable Parquet shard ({exc})") from exc
-        missing = [c for c in _COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"{path}: corpus shard lacks column(s) {missing}")
-    return shards
-
-
 def _read_batches(shards: Sequence[Path], rows: int) -> Iterator[pa.RecordBatch]:
     for path in shards:
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows, columns=list(_COLUMNS))
@@ -202,7 +187,9 @@ def build_index(
     import lancedb
     from lancedb.index import FTS, IvfFlat
 
-    shards = corpus_shards(input_dirs)
+    shards = docs.corpus_shards(*input_dirs)
+    if not shards:
+        raise ValueError(f"no *.parquet corpus shards in {[str(d) for d in input_dirs]}")
     stats = IndexStats()
     total = sum(pq.read_metadata(p).num_rows for p in shards)
     meter = Progress(progress, "embedding", total, "rows")

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanbeige_data.models import PACKAGED_MODEL, Progress, load_causal_lm, resolve_dtype
+from nanbeige_data.refinery import docs
 from nanbeige_data.refinery.config import TagDimension, TaggingConfig
 from nanbeige_data.report import Report, md_table
 
@@ -352,13 +353,6 @@ class TagStats:
         return asdict(self)
 
 
-def _shards(input_dirs: Sequence[Path]) -> list[Path]:
-    files = [p for d in input_dirs for p in sorted(Path(d).glob("*.parquet"))]
-    if not files:
-        raise ValueError(f"no *.parquet shards in {[str(d) for d in input_dirs]}")
-    return files
-
-
 def _batches(files: list[Path], columns: list[str], size: int) -> Iterator[pa.RecordBatch]:
     for path in files:
         yield from pq.ParquetFile(path).iter_batches(batch_size=size, columns=columns)
@@ -651,7 +645,9 @@ def tag_corpus(
     ``out_dir/SCORES_FILE`` (id, domain, one column per dim, content_score, format_score).
     """
     _check_dims(cfg.dimensions)
-    files = _shards(input_dirs)
+    files = docs.corpus_shards(*input_dirs)
+    if not files:
+        raise ValueError(f"no *.parquet shards in {[str(d) for d in input_dirs]}")
     sample, _ = draw_sample(files, cfg.sample, seed)
     if not sample:
         raise ValueError(f"the corpus in {[str(d) for d in input_dirs]} has no documents")
