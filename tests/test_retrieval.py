@@ -219,14 +219,17 @@ def test_large_table_gets_a_vector_index(tmp_path, corpus, exemplars) -> None:
 
 
 def test_empty_inputs_fail_clearly(tmp_path, exemplars) -> None:
-    with pytest.raises(ValueError, match="no \\*.parquet corpus shards"):
+    with pytest.raises(ValueError, match="nothing: corpus directory not found"):
         build_index([tmp_path / "nothing"], tmp_path / "db0", CFG)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no \\*.parquet corpus shards"):
+        build_index([tmp_path / "none"], tmp_path / "db0", CFG)
     blank = write_shard(tmp_path / "blank", [row("a", "", "web"), row("b", " \n\t", "web")])
     with pytest.raises(ValueError, match="2 empty-text documents skipped"):
         build_index([blank.parent], tmp_path / "db1", CFG)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "part-00000.parquet").write_text("not parquet")
-    with pytest.raises(ValueError, match="part-00000.parquet: unreadable Parquet shard"):
+    with pytest.raises(ValueError, match="part-00000.parquet: unreadable Parquet"):
         build_index([blank.parent, tmp_path / "bad"], tmp_path / "db2", CFG)
     with pytest.raises(ValueError, match="no exemplars"):
         score_documents(tmp_path / "db1", tmp_path, CFG, 0, [])
