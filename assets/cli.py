@@ -322,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("--rows", type=int, default=40)
     sql.set_defaults(fn=cmd_sql)
     args = parser.parse_args(argv)
+    if getattr(args, "log_level", "INFO").upper() != "DEBUG":
+        # third-party progress bars (datatrove's dedup, sentence-transformers) print over the
+        # console's own progress lines; tqdm reads this when it is imported, so set it first
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.fn(args)
     except (RecipeError, StoreError, UsageError) as exc:

@@ -211,12 +211,14 @@ def evaluate_model(
     from nanbeige_train.generation import load_engine
 
     sets = {name: evalsets.read_set(path) for name, path in set_dirs.items()}
-    if progress is not None:
-        progress(f"eval: loading {spec} (dtype {cfg.dtype}, backend {cfg.backend})")
+    say = progress or (lambda line: None)
+    say(f"eval: loading {spec} (dtype {cfg.dtype}, backend {cfg.backend})")
+    started = time.perf_counter()
     engine = load_engine(
         spec, backend=cfg.backend, dtype=cfg.dtype, chat=chat, batch_size=cfg.batch_size
     )
     dtype = str(engine.dtype)
+    say(f"eval: {spec} loaded in {time.perf_counter() - started:.1f}s ({dtype})")
     rows, summary = evaluate(engine, sets, cfg, chat=chat, progress=progress)
     return write_report(
         rows,

@@ -217,7 +217,13 @@ def _warnings_only() -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="WARNING", filter=_not_a_reminder)
+
+
+def _not_a_reminder(record: dict) -> bool:
+    # ExactDedupSignature's "Remember to also set the number of tasks of the finder block":
+    # dedup.py does (the finder runs with as many tasks as the signature has finder_workers)
+    return not record["message"].startswith("Remember to also set")
 
 
 @contextlib.contextmanager

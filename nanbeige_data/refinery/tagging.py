@@ -651,7 +651,12 @@ def tag_corpus(
     sample, _ = draw_sample(files, cfg.sample, seed)
     if not sample:
         raise ValueError(f"the corpus in {[str(d) for d in input_dirs]} has no documents")
-    annotator = annotator or annotator_for(cfg)
+    if annotator is None:
+        say = progress or (lambda line: None)
+        say(f"judge: loading {cfg.annotator} (dtype {cfg.dtype})")
+        loading = time.perf_counter()
+        annotator = annotator_for(cfg)
+        say(f"judge: loaded in {time.perf_counter() - loading:.1f}s ({annotator.dtype})")
     start = time.perf_counter()
     labels = annotate([s["text"] for s in sample], cfg.dimensions, annotator, progress)
     seconds = time.perf_counter() - start
