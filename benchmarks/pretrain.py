@@ -81,6 +81,7 @@ def build_small_corpus(root: Path, max_bytes: int) -> tuple[Path, Path]:
     import polars as pl
 
     from nanbeige_data.corpus.build import build_domain
+    from nanbeige_data.corpus.config import DomainSource
 
     corpus = root / "corpus"
     corpus.mkdir()
@@ -88,11 +89,13 @@ def build_small_corpus(root: Path, max_bytes: int) -> tuple[Path, Path]:
         (root / f"raw-{domain}").mkdir()
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=max_bytes,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=max_bytes,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=root / f"raw-{domain}",
         )
         for i, shard in enumerate(sorted((root / f"raw-{domain}").glob("*.parquet"))):

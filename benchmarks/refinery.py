@@ -49,6 +49,7 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     from nanbeige_data.corpus.build import build_domain
+    from nanbeige_data.corpus.config import DomainSource
 
     dirs = {}
     for domain in DOMAINS:
@@ -56,11 +57,13 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
         base.mkdir(parents=True)
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=1_500_000,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=1_500_000,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=base,
         )
         shards = sorted(base.glob("part-*.parquet"))

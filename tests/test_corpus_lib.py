@@ -103,12 +103,9 @@ def test_code_split_keeps_every_line(full_docs) -> None:
 def test_build_embedded_domain_writes_schema_shards(tmp_path: Path, full_docs) -> None:
     stats = build_domain(
         "books",
-        source="embedded",
-        paths=[],
-        max_bytes=1_500_000,
+        DomainSource(source="embedded", paths=[], max_bytes=1_500_000, **KNOBS),
         out_dir=tmp_path,
         shard_docs=100,
-        **KNOBS,
     )
     shards = sorted(tmp_path.glob("*.parquet"))
     assert [p.name for p in shards] == [f"part-{i:05d}.parquet" for i in range(stats.shards)]
@@ -177,7 +174,10 @@ def test_build_files_skips_empty_text(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     stats = build_domain(
-        "web", source="files", paths=[str(src)], max_bytes=10, out_dir=out, shard_docs=1, **KNOBS
+        "web",
+        DomainSource(source="files", paths=[str(src)], max_bytes=10, **KNOBS),
+        out_dir=out,
+        shard_docs=1,
     )
     assert stats == CorpusStats(2, 4, 2, {"d.jsonl": 2}, {"empty_text": 1})
     assert pq.read_table(out).column("text").to_pylist() == ["a b", "c"]
@@ -193,7 +193,10 @@ def test_corrupt_line_names_file_and_line_and_writes_nothing(tmp_path: Path) -> 
     out.mkdir()
     with pytest.raises(CorpusError, match=":3: invalid JSON"):
         build_domain(
-            "web", source="files", paths=[str(bad)], max_bytes=0, out_dir=out, shard_docs=1, **KNOBS
+            "web",
+            DomainSource(source="files", paths=[str(bad)], max_bytes=1, **KNOBS),
+            out_dir=out,
+            shard_docs=1,
         )
     assert list(out.iterdir()) == []  # shards written before the error are removed
 
@@ -252,25 +255,35 @@ def test_empty_corpus_names_domain_and_paths(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "blank.jsonl", [{"text": " "}, ""])
     with pytest.raises(CorpusError, match="domain 'papers': no documents") as info:
         build_domain(
-            "papers", source="files", paths=[str(src)], max_bytes=1, out_dir=tmp_path, **KNOBS
+            "papers",
+            DomainSource(source="files", paths=[str(src)], max_bytes=1, **KNOBS),
+            out_dir=tmp_path,
         )
     assert str(src) in str(info.value)
     with pytest.raises(CorpusError, match="embedded:code"):
-        build_domain("code", source="embedded", paths=[], max_bytes=10, out_dir=tmp_path, **KNOBS)
+        build_domain(
+            "code",
+            DomainSource(source="embedded", paths=[], max_bytes=10, **KNOBS),
+            out_dir=tmp_path,
+        )
     assert not list(tmp_path.glob("*.parquet"))
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown domain"):
         embedded_documents("poetry", max_bytes=1, **KNOBS)
-    with pytest.raises(ValueError, match="unknown source"):
-        build_domain("web", source="s3", paths=[], max_bytes=1, out_dir=tmp_path, **KNOBS)
+    with pytest.raises(ValueError, match="Input should be 'embedded' or 'files'"):
+        build_domain(
+            "web", DomainSource(source="s3", paths=[], max_bytes=1, **KNOBS), out_dir=tmp_path
+        )
 
 
 def test_refuses_to_mix_with_existing_shards(tmp_path: Path) -> None:
     pq.write_table(pa.table({"x": [1]}), tmp_path / "part-00000.parquet")
     with pytest.raises(ValueError, match="already holds"):
-        build_domain("web", source="embedded", paths=[], max_bytes=1, out_dir=tmp_path, **KNOBS)
+        build_domain(
+            "web", DomainSource(source="embedded", paths=[], max_bytes=1, **KNOBS), out_dir=tmp_path
+        )
 
 
 def test_bom_and_lone_surrogate(tmp_path: Path) -> None:
@@ -324,7 +337,9 @@ def test_a_gate_failure_names_ids_files_and_lines(tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
     out.mkdir()
-    build_domain("web", source="files", paths=[str(src)], max_bytes=1, out_dir=out, **KNOBS)
+    build_domain(
+        "web", DomainSource(source="files", paths=[str(src)], max_bytes=1, **KNOBS), out_dir=out
+    )
     frame = corpus_frame(out)
     assert frame[["file", "line"]].values.tolist() == [[str(src), 1], [str(src), 2], [str(src), 3]]
     report = validate_frame(frame, corpus_suite(DOMAINS, 1, 100), "raw_web.gate")

@@ -10,6 +10,7 @@ import pytest
 from datatrove.data import Document
 
 from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.refinery.config import DecontaminationConfig as DecontamConfig
 from nanbeige_data.refinery.decontam import (
     EVALS_SETS,
@@ -59,11 +60,9 @@ def web(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("web")
     build_domain(
         "web",
-        source="embedded",
-        paths=[],
-        max_bytes=150_000,
-        target_doc_chars=4000,
-        min_doc_chars=200,
+        DomainSource(
+            source="embedded", paths=[], max_bytes=150_000, target_doc_chars=4000, min_doc_chars=200
+        ),
         out_dir=out,
     )
     return out
@@ -177,11 +176,13 @@ def test_embedded_corpus_loses_few_docs(items, tmp_path):
         raw.mkdir()
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=300_000,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=300_000,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=raw,
         )
         stats = decontaminate(

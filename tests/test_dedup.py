@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanbeige_data.corpus.build import SCHEMA, CorpusError, build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.refinery.config import DedupConfig, ExecutionConfig
 from nanbeige_data.refinery.dedup import DedupStats
 from nanbeige_data.refinery.dedup import dedup_corpus as dedup_report
@@ -60,11 +61,13 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
         dirs[domain].mkdir()
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=BYTES,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=BYTES,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=dirs[domain],
         )
     return dirs

@@ -21,6 +21,7 @@ import yaml
 from datatrove.executor import LocalPipelineExecutor
 
 from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.recipe import RECIPES_DIR, RecipeError, parse_recipe
 from nanbeige_data.refinery import decontam, dedup, docs, filters
 from nanbeige_data.refinery.config import (
@@ -104,9 +105,12 @@ def rows(folder: Path) -> list[dict]:
 def web(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("web")
     build_domain(
-        "web", source="embedded", paths=[], max_bytes=40_000, target_doc_chars=4000,
-        min_doc_chars=200, out_dir=out,
-    )  # fmt: skip
+        "web",
+        DomainSource(
+            source="embedded", paths=[], max_bytes=40_000, target_doc_chars=4000, min_doc_chars=200
+        ),
+        out_dir=out,
+    )
     return out
 
 

@@ -16,6 +16,7 @@ import yaml
 from datatrove.data import Document
 
 from nanbeige_data.corpus.build import DOMAINS, SCHEMA, CorpusError, build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.recipe import RECIPES_DIR, RecipeError, parse_recipe
 from nanbeige_data.refinery.config import CodeQualityRules, FilterConfig
 from nanbeige_data.refinery.filters import (
@@ -48,7 +49,9 @@ def run(domain: str, raw: Path, out: Path, cfg: FilterConfig, work: Path) -> Fil
 def raw_domain(root: Path, domain: str, max_bytes: int) -> Path:
     out = root / "raw" / domain
     out.mkdir(parents=True)
-    build_domain(domain, source="embedded", paths=[], max_bytes=max_bytes, out_dir=out, **KNOBS)
+    build_domain(
+        domain, DomainSource(source="embedded", paths=[], max_bytes=max_bytes, **KNOBS), out_dir=out
+    )
     return out
 
 

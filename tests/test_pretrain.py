@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.pretraining.config import PretrainConfig, TokenizerConfig
 from nanbeige_data.pretraining.curriculum import plan_curriculum
 from nanbeige_data.pretraining.tokenizer import train_tokenizer, write_token_shards
@@ -38,11 +39,13 @@ def data(tmp_path_factory):
     for domain in ("web", "code"):
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=60_000,
-            target_doc_chars=2000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=60_000,
+                target_doc_chars=2000,
+                min_doc_chars=200,
+            ),
             out_dir=corpus,
             shard_docs=10_000,
         )

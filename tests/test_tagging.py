@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nanbeige_data.corpus.build import SCHEMA, build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.models import resolve_dtype
 from nanbeige_data.recipe import TagDimension, TaggingConfig, load_recipe
 from nanbeige_data.refinery.tagging import (
@@ -68,11 +69,13 @@ def corpus(tmp_path_factory) -> list[Path]:
         out.mkdir()
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=max_bytes,
-            target_doc_chars=1500,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=max_bytes,
+                target_doc_chars=1500,
+                min_doc_chars=200,
+            ),
             out_dir=out,
             shard_docs=4,
         )

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from nanbeige_data.corpus.build import build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.recipe import TierConfig
 from nanbeige_data.refinery.retrieval import SCORES_FILE as RETRIEVAL_FILE
 from nanbeige_data.refinery.tagging import SCORES_FILE as TAGS_FILE
@@ -36,11 +37,13 @@ def scored(tmp_path_factory):
     for domain in ("books", "papers"):
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=60_000,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=60_000,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=corpus,
             shard_docs=10_000,
         )

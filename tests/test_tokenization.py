@@ -13,6 +13,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from nanbeige_data.corpus.build import SCHEMA, build_domain
+from nanbeige_data.corpus.config import DomainSource
 from nanbeige_data.pretraining.config import TokenizerConfig
 from nanbeige_data.pretraining.tokenizer import (
     SPECIAL_TOKENS,
@@ -54,11 +55,13 @@ def corpus(tmp_path_factory) -> Path:
     for domain in ("web", "code", "papers"):
         build_domain(
             domain,
-            source="embedded",
-            paths=[],
-            max_bytes=60_000,
-            target_doc_chars=4000,
-            min_doc_chars=200,
+            DomainSource(
+                source="embedded",
+                paths=[],
+                max_bytes=60_000,
+                target_doc_chars=4000,
+                min_doc_chars=200,
+            ),
             out_dir=root,
             shard_docs=10_000,
         )

@@ -626,28 +626,23 @@ def _write_shard(rows: list[dict], out_dir: Path, index: int) -> Path:
 
 def build_domain(
     domain: str,
-    *,
-    source: str,
-    paths: Sequence[str],
-    max_bytes: int,
-    target_doc_chars: int,
-    min_doc_chars: int,
+    cfg: DomainSource,
     out_dir: Path,
+    *,
     shard_docs: int = 2000,
     bounds: tuple[int, int] | None = None,
 ) -> CorpusStats:
-    """Stream one domain into ``out_dir/part-NNNNN.parquet``; on error remove what it wrote.
+    """Stream one domain, as its recipe section ``cfg`` says, into ``out_dir/part-NNNNN.parquet``;
+    on error remove what it wrote.
 
     ``bounds`` = (min_chars, max_chars): a document outside them is skipped and recorded in
     ``out_dir/excluded/too_short.jsonl`` / ``too_long.jsonl`` (None: no bounds)."""
     _check_domain(domain)
-    if source == "embedded":
-        knobs = {"target_doc_chars": target_doc_chars, "min_doc_chars": min_doc_chars}
-        docs = embedded_documents(domain, max_bytes=max_bytes, **knobs)
-    elif source == "files":
-        docs = read_documents(paths, domain)
+    if cfg.source == "embedded":
+        knobs = {"target_doc_chars": cfg.target_doc_chars, "min_doc_chars": cfg.min_doc_chars}
+        docs = embedded_documents(domain, max_bytes=cfg.max_bytes, **knobs)
     else:
-        raise ValueError(f"unknown source {source!r}; expected 'embedded' or 'files'")
+        docs = read_documents(cfg.paths, domain)
     out_dir = Path(out_dir)
     if any(out_dir.glob("part-*.parquet")):
         raise ValueError(f"{out_dir} already holds part-*.parquet shards")
@@ -659,8 +654,8 @@ def build_domain(
         sink.remove()
         raise
     if stats.documents == 0:
-        names = [paths] if isinstance(paths, str) else list(paths)
-        where = ", ".join(names) if source == "files" else f"embedded:{domain}"
+        names = list(cfg.paths)
+        where = ", ".join(names) if cfg.source == "files" else f"embedded:{domain}"
         skipped = f" ({_skip_text(stats.skipped)} skipped)" if stats.skipped else ""
         raise CorpusError(
             where, None, f"domain {domain!r}: no documents (corpus is empty){skipped}"
@@ -744,16 +739,7 @@ def excluded(out_dir: Path, reason: str) -> list[dict]:
 def build_raw(domain: str, cfg: DomainSource, checks: CorpusChecks, out_dir: Path) -> Report:
     """One domain of the corpus as a store version: the shards, the skipped documents, and the
     report (counts, per-source documents, skips with their first examples, provenance)."""
-    stats = build_domain(
-        domain,
-        source=cfg.source,
-        paths=cfg.paths,
-        max_bytes=cfg.max_bytes,
-        target_doc_chars=cfg.target_doc_chars,
-        min_doc_chars=cfg.min_doc_chars,
-        out_dir=out_dir,
-        bounds=(checks.min_chars, checks.max_chars),
-    )
+    stats = build_domain(domain, cfg, out_dir, bounds=(checks.min_chars, checks.max_chars))
     examples = {r: excluded(out_dir, r)[:5] for r in stats.skipped if r != "empty_text"}
     return Report(
         counts={"documents": stats.documents, "bytes": stats.bytes, "shards": stats.shards},
