@@ -25,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,49 +195,3 @@ def _embedder(dtype: str) -> Any:
         return SentenceTransformer(
             str(path), device="cpu", local_files_only=True, model_kwargs=kwargs
         )
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """Progress of a long run over ``total`` items, as lines through ``report`` (e.g. a logger's
-    ``info``): one when ``every_s`` seconds have passed since the last line, and a final one.
-
-    ``Progress(log.info, "judge", 48, "documents").update(done)`` -> ``judge: 12/48 documents,
-    1.9 documents/s``. With ``report=None`` nothing is printed and the calls cost nothing.
-    """
-
-    def __init__(
-        self,
-        report: Callable[[str], None] | None,
-        what: str,
-        total: int,
-        unit: str,
-        every_s: float = 10.0,
-    ) -> None:
-        self.report, self.what, self.total, self.unit = report, what, total, unit
-        self.every_s, self.done, self.reported = every_s, 0, -1
-        self.started = self.last = time.monotonic()
-
-    def line(self) -> str:
-        rate = self.done / max(time.monotonic() - self.started, 1e-9)
-        return f"{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s"
-
-    def update(self, done: int) -> None:
-        """``done`` items so far; reports when ``every_s`` passed since the last line."""
-        self.done = done
-        if self.report is not None and time.monotonic() - self.last >= self.every_s:
-            self._emit()
-
-    def advance(self, n: int) -> None:
-        self.update(self.done + n)
-
-    def finish(self) -> None:
-        """The final line (unless the last line already said the same count)."""
-        if self.report is not None and self.reported != self.done:
-            self._emit()
-
-    def _emit(self) -> None:
-        self.last, self.reported = time.monotonic(), self.done
-        self.report(self.line())  # type: ignore[misc]

@@ -37,8 +37,8 @@ from typing import Any
 from nanbeige_data.evaluation import evalsets
 from nanbeige_data.evaluation.config import EvalConfig
 from nanbeige_data.evaluation.verifiers import get_verifier, pass_at_k
-from nanbeige_data.models import GenerationEngine, Progress, SamplingParams
-from nanbeige_data.report import Report, figure_markdown, md_table
+from nanbeige_data.models import GenerationEngine, SamplingParams
+from nanbeige_data.report import Progress, Report, figure_markdown, md_table
 
 CODE_VERSION = "1"
 PROGRESS_EVERY_S = 10.0

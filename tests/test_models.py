@@ -11,12 +11,12 @@ import torch
 
 from nanbeige_data.models import (
     PACKAGED_MODEL,
-    Progress,
     load_causal_lm,
     load_embedder,
     packaged_smollm2_gguf,
     resolve_dtype,
 )
+from nanbeige_data.report import Progress
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -53,10 +53,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanbeige_data.models import Progress, load_embedder, resolve_dtype
+from nanbeige_data.models import load_embedder, resolve_dtype
 from nanbeige_data.refinery import docs
 from nanbeige_data.refinery.config import RetrievalConfig
-from nanbeige_data.report import Report
+from nanbeige_data.report import Progress, Report
 
 CODE_VERSION = "1"  # bump when the index or the scores for the same input change
 INDEX_DIR = "lancedb"  # the LanceDB database inside a retrieval_index version

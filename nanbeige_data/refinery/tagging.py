@@ -52,10 +52,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanbeige_data.models import PACKAGED_MODEL, Progress, load_causal_lm, resolve_dtype
+from nanbeige_data.models import PACKAGED_MODEL, load_causal_lm, resolve_dtype
 from nanbeige_data.refinery import docs
 from nanbeige_data.refinery.config import TagDimension, TaggingConfig
-from nanbeige_data.report import Report, md_table
+from nanbeige_data.report import Progress, Report, md_table
 
 CODE_VERSION = "1"  # bump when the scores for the same input and annotator change
 SCORES_FILE = "scores.parquet"  # id, domain, one column per dimension, content/format_score
