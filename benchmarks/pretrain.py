@@ -89,13 +89,7 @@ def build_small_corpus(root: Path, max_bytes: int) -> tuple[Path, Path]:
         (root / f"raw-{domain}").mkdir()
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=max_bytes,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=max_bytes),
             out_dir=root / f"raw-{domain}",
         )
         for i, shard in enumerate(sorted((root / f"raw-{domain}").glob("*.parquet"))):

@@ -57,13 +57,7 @@ def build_corpus(root: Path, scale: int) -> dict[str, Path]:
         base.mkdir(parents=True)
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=1_500_000,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=1_500_000),
             out_dir=base,
         )
         shards = sorted(base.glob("part-*.parquet"))

@@ -103,7 +103,7 @@ def test_code_split_keeps_every_line(full_docs) -> None:
 def test_build_embedded_domain_writes_schema_shards(tmp_path: Path, full_docs) -> None:
     stats = build_domain(
         "books",
-        DomainSource(source="embedded", paths=[], max_bytes=1_500_000, **KNOBS),
+        DomainSource(max_bytes=1_500_000, **KNOBS),
         out_dir=tmp_path,
         shard_docs=100,
     )
@@ -263,7 +263,7 @@ def test_empty_corpus_names_domain_and_paths(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="embedded:code"):
         build_domain(
             "code",
-            DomainSource(source="embedded", paths=[], max_bytes=10, **KNOBS),
+            DomainSource(max_bytes=10, **KNOBS),
             out_dir=tmp_path,
         )
     assert not list(tmp_path.glob("*.parquet"))
@@ -273,17 +273,13 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown domain"):
         embedded_documents("poetry", max_bytes=1, **KNOBS)
     with pytest.raises(ValueError, match="Input should be 'embedded' or 'files'"):
-        build_domain(
-            "web", DomainSource(source="s3", paths=[], max_bytes=1, **KNOBS), out_dir=tmp_path
-        )
+        build_domain("web", DomainSource(source="s3", max_bytes=1, **KNOBS), out_dir=tmp_path)
 
 
 def test_refuses_to_mix_with_existing_shards(tmp_path: Path) -> None:
     pq.write_table(pa.table({"x": [1]}), tmp_path / "part-00000.parquet")
     with pytest.raises(ValueError, match="already holds"):
-        build_domain(
-            "web", DomainSource(source="embedded", paths=[], max_bytes=1, **KNOBS), out_dir=tmp_path
-        )
+        build_domain("web", DomainSource(max_bytes=1, **KNOBS), out_dir=tmp_path)
 
 
 def test_bom_and_lone_surrogate(tmp_path: Path) -> None:

@@ -60,9 +60,7 @@ def web(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("web")
     build_domain(
         "web",
-        DomainSource(
-            source="embedded", paths=[], max_bytes=150_000, target_doc_chars=4000, min_doc_chars=200
-        ),
+        DomainSource(max_bytes=150_000),
         out_dir=out,
     )
     return out
@@ -176,13 +174,7 @@ def test_embedded_corpus_loses_few_docs(items, tmp_path):
         raw.mkdir()
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=300_000,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=300_000),
             out_dir=raw,
         )
         stats = decontaminate(

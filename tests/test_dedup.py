@@ -61,13 +61,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
         dirs[domain].mkdir()
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=BYTES,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=BYTES),
             out_dir=dirs[domain],
         )
     return dirs

@@ -106,9 +106,7 @@ def web(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("web")
     build_domain(
         "web",
-        DomainSource(
-            source="embedded", paths=[], max_bytes=40_000, target_doc_chars=4000, min_doc_chars=200
-        ),
+        DomainSource(max_bytes=40_000),
         out_dir=out,
     )
     return out

@@ -49,9 +49,7 @@ def run(domain: str, raw: Path, out: Path, cfg: FilterConfig, work: Path) -> Fil
 def raw_domain(root: Path, domain: str, max_bytes: int) -> Path:
     out = root / "raw" / domain
     out.mkdir(parents=True)
-    build_domain(
-        domain, DomainSource(source="embedded", paths=[], max_bytes=max_bytes, **KNOBS), out_dir=out
-    )
+    build_domain(domain, DomainSource(max_bytes=max_bytes, **KNOBS), out_dir=out)
     return out
 
 

@@ -39,13 +39,7 @@ def data(tmp_path_factory):
     for domain in ("web", "code"):
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=60_000,
-                target_doc_chars=2000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=60_000, target_doc_chars=2000),
             out_dir=corpus,
             shard_docs=10_000,
         )

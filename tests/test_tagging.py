@@ -69,13 +69,7 @@ def corpus(tmp_path_factory) -> list[Path]:
         out.mkdir()
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=max_bytes,
-                target_doc_chars=1500,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=max_bytes, target_doc_chars=1500),
             out_dir=out,
             shard_docs=4,
         )

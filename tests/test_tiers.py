@@ -37,13 +37,7 @@ def scored(tmp_path_factory):
     for domain in ("books", "papers"):
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=60_000,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=60_000),
             out_dir=corpus,
             shard_docs=10_000,
         )

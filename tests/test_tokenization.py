@@ -55,13 +55,7 @@ def corpus(tmp_path_factory) -> Path:
     for domain in ("web", "code", "papers"):
         build_domain(
             domain,
-            DomainSource(
-                source="embedded",
-                paths=[],
-                max_bytes=60_000,
-                target_doc_chars=4000,
-                min_doc_chars=200,
-            ),
+            DomainSource(max_bytes=60_000),
             out_dir=root,
             shard_docs=10_000,
         )
