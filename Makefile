@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# The browser test drives Debian's Chromium (never a downloaded browser).
+# The browser test drives Debian's Chromium (never a downloaded browser); model-written code
+# runs in Debian's bubblewrap (nanbeige_data/sandbox.py), with util-linux's unshare.
 CHROMIUM ?= /usr/bin/chromium
+BWRAP ?= /usr/bin/bwrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install ui lint clean-store stale rerun
@@ -22,25 +24,29 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(BWRAP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige run
 
 stale: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige stale
 
-rerun: $(STAMP)
+rerun: $(STAMP) $(BWRAP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/nanbeige run --stale
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)
+$(BWRAP):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends bubblewrap
+
+test: $(STAMP) $(CHROMIUM) $(BWRAP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-ui: $(STAMP)
+ui: $(STAMP) $(BWRAP)
 	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 lint: $(STAMP)

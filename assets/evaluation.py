@@ -66,7 +66,7 @@ def _evaluate(
         context,
         recipe,
         store,
-        "eval",
+        ("eval", "sandbox"),
         inputs,
         lambda rcp, out: evaluate.evaluate_model(
             model or rcp.eval.reference_model,
@@ -76,6 +76,7 @@ def _evaluate(
             chat=chat,
             label=label or rcp.eval.reference_model,
             progress=context.log.info,
+            sandbox=rcp.sandbox,
         ),
     )
 
@@ -83,7 +84,7 @@ def _evaluate(
 @dg.asset(
     group_name=GROUP,
     ins={"base_model": dg.AssetIn("base_model"), **SET_INS},
-    code_version=code_version(evaluate.CODE_VERSION, "eval"),
+    code_version=code_version(evaluate.CODE_VERSION, "eval", "sandbox"),
     description="avg@k / pass@k of the pretrained base model on every eval set (completion "
     "prompts), per-sample results in results.parquet.",
     kinds={"pytorch", "duckdb"},
@@ -103,7 +104,7 @@ def eval_base_model(
 @dg.asset(
     group_name=GROUP,
     ins=SET_INS,
-    code_version=code_version(evaluate.CODE_VERSION, "eval"),
+    code_version=code_version(evaluate.CODE_VERSION, "eval", "sandbox"),
     description="The same harness on the reference model (recipe eval.reference_model; the "
     "packaged SmolLM2-135M-Instruct by default, chat prompts): a model that can answer, so "
     "the harness is seen to give non-zero scores.",

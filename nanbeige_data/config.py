@@ -37,3 +37,15 @@ class Section(BaseModel):
         values = self.model_dump(mode="json", exclude=set(self.execution_fields))
         blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SandboxConfig(Section):
+    """How model-written code runs (``nanbeige_data.sandbox``); it enters the version of every
+    asset that runs code, since a weaker sandbox can turn a failing program into a passing one.
+    A recipe may say just ``sandbox: limits-only``."""
+
+    # bubblewrap: namespaces (no network, read-only system, private /tmp) plus resource limits;
+    # limits-only: resource limits only (no isolation), for hosts where namespaces are forbidden
+    mode: Literal["bubblewrap", "limits-only"] = "bubblewrap"
+    max_processes: PositiveInt = 32  # processes (threads included) a run may hold at once
+    tmp_mb: PositiveInt = 64  # size of the private /tmp, the run's only writable place

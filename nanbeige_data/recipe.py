@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
-from nanbeige_data.config import RecipeError, Section
+from nanbeige_data.config import RecipeError, SandboxConfig, Section
 from nanbeige_data.corpus.config import CorpusChecks, CorpusConfig, DomainSource
 from nanbeige_data.evaluation.config import EvalConfig, EvalSetConfig
 from nanbeige_data.posttraining.config import RLConfig, SFTConfig
@@ -64,6 +64,7 @@ __all__ = [
     "RefineryConfig",
     "RetrievalConfig",
     "SFTConfig",
+    "SandboxConfig",
     "Section",
     "StageConfig",
     "TagDimension",
@@ -85,6 +86,13 @@ class Recipe(Section):
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    sandbox: SandboxConfig = SandboxConfig()  # how model-written code runs (eval, SFT, RL)
+
+    @field_validator("sandbox", mode="before")
+    @classmethod
+    def _sandbox_mode_alone(cls, v: object) -> object:
+        """``sandbox: limits-only`` is short for ``sandbox: {mode: limits-only}``."""
+        return {"mode": v} if isinstance(v, str) else v
 
     def section(self, path: str) -> Section:
         """A section by dotted path, e.g. ``refinery.tiers``."""

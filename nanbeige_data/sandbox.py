@@ -1,50 +1,102 @@
-"""The code sandbox: run one Python program under resource limits and say how it ended.
+"""The sandbox for model-written code: run one Python program isolated and limited, say how it
+ended.
 
-Shared by everything that executes model-written code: evaluation (HumanEval tests), synthetic
-data (generated tests) and RL (code rewards). ``run_code(program)`` writes the program to a fresh
-temporary directory and runs it in ``python -I`` under rlimits (address space, CPU seconds, file
-size, no core files) set by a tiny wrapper that then ``exec``s the program (``preexec_fn`` is
-unsafe in threaded callers), in a new session with stdin closed and a minimal environment. A
-watchdog kills the whole process group at the wall-clock limit, or when the run holds more than
-``MAX_PROCESSES`` processes; afterwards every process still carrying the run's environment token
-(children that left the session with ``setsid``) is killed too. With ``must_finish=True`` the
-program must also reach its end: a random sentinel printed after it (stored reversed in the
-source) has to appear, so a program that exits early with status 0, or prints its own source,
-does not pass.
+Every place that executes generated code goes through :func:`run_code`: evaluation (HumanEval
+tests) now; tool calls, synthetic tests and RL code rewards later. Two modes, chosen by the
+recipe's ``sandbox`` section (:class:`~nanbeige_data.config.SandboxConfig`):
 
-The result is a :class:`RunResult`: ``ok``, a short ``reason`` ("ok", "timeout", "memory",
-"failed_tests" for an ``AssertionError``, "error: ...") and the tail of stdout and stderr.
-``run_code`` never raises: a sandbox that cannot start is an "error: ..." result too.
+* ``bubblewrap`` (the default). ``unshare --user --map-root-user --net`` makes a network
+  namespace whose only interface is a loopback that is *down* and that has no route (no network
+  at all, loopback included; bwrap's own ``--unshare-net`` would bring the loopback up), then
+  Debian's ``bwrap`` adds new user, PID, IPC, UTS and cgroup namespaces, drops every capability,
+  runs as uid 1000, forbids further user namespaces, and builds a root of its own: ``/usr`` (and
+  the ``/bin``, ``/lib*`` links) and the interpreter's install trees (``sys.base_prefix``,
+  ``sys.prefix``: the virtual environment, not the checkout around it) read-only, a fresh
+  ``/proc`` that sees only the sandbox's processes, a read-only minimal ``/dev``, and a private
+  tmpfs of ``tmp_mb`` at ``/tmp`` (the working directory, ``HOME`` and the only writable
+  place). The project checkout, the versioned store, the user's home and the rest of ``/etc``
+  are not there at all. The environment is cleared to a short allow-list. ``--die-with-parent``
+  and the PID namespace end every process the run started, detached ones included, when the
+  run ends or is killed.
+* ``limits-only``: the same program under the same resource limits, with no isolation (it runs
+  as the pipeline's user, sees the filesystem and the network, can signal the caller). Only for
+  hosts that forbid namespaces, and only when the recipe says so; the mode is recorded in every
+  :class:`RunResult` and in the eval report.
 
-Trade-offs and limits: the sandbox bounds resources and cleans up processes; it is not a
-security boundary. There is no filesystem or network isolation: the program can read and write
-anything its user can (as root, everything) and, as root, raise its own rlimits.
-``RLIMIT_NPROC`` is not used (it counts all of the user's processes and is ignored for root); the
-process watchdog polls every 50 ms, so a fork bomb can briefly exceed ``MAX_PROCESSES``. A child
-that both calls ``setsid`` and re-``exec``s with a cleared environment escapes the final sweep.
+In both modes a small wrapper sets the rlimits (address space, CPU seconds, file size, no core
+files; in ``bubblewrap`` also the process count, counted per user namespace) and then runs the
+program; a watchdog kills everything at the wall-clock limit, or when a ``limits-only`` run holds
+more than ``max_processes`` processes, and sweeps every process still carrying the run's
+environment token. The program reaches the wrapper on stdin, which is then replaced by
+``/dev/null``; with ``must_finish=True`` the wrapper prints a random sentinel after the program's
+last line that was never in its source or on disk, so a program that exits early with status 0,
+or prints its own source, does not pass.
+
+If ``bubblewrap`` mode is asked for and ``bwrap`` or ``unshare`` is missing or cannot create its
+namespaces, :func:`run_code` raises :class:`SandboxUnavailable` (why, and how to fix it): it never
+falls back to running code unisolated.
+
+What this does not protect against: kernel exploits (there is no seccomp filter; add one with
+bwrap's ``--seccomp`` if your threat model needs it), side channels, and a program that searches
+the interpreter's own memory for the sentinel (the sandbox bounds what code can do to the
+machine, not what it may claim about itself). The process watchdog polls every 50 ms, so in
+``limits-only`` mode a fork bomb can briefly exceed ``max_processes``; in ``bubblewrap`` mode the
+kernel enforces the count.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-MAX_PROCESSES = 32  # processes a code run may hold at once before it is killed
+from nanbeige_data.config import SandboxConfig
+
 FILE_LIMIT_MB = 8  # largest file (stdout included) a code run may write
 OUTPUT_CHARS = 4000  # captured stdout and stderr kept in a result (each, tail)
 POLL_S = 0.05  # watchdog period of a code run
 TOKEN_VAR = "NANBEIGE_SANDBOX"  # environment variable that marks a code run's processes
+SANDBOX_UID = 1000  # the unprivileged uid code runs as inside the namespaces
+SANDBOX_TMP = "/tmp"  # the private tmpfs inside the namespaces: cwd, HOME, only writable place
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # mounted read-only
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")  # of /etc, read-only
+ENV = {  # the whole environment of a code run (plus the token)
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+FIX_HINT = (
+    "Install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`; `make run` and `make test` "
+    "do this), or, to run model-written code with resource limits only and no isolation, set "
+    "`sandbox: limits-only` in the recipe (the mode is then recorded in every verdict and report)."
+)
+NAMESPACE_HINT = (
+    "User namespaces are probably disabled here. On a host: `sysctl kernel.unprivileged_userns_"
+    "clone=1` (Debian), `sysctl kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 24.04). "
+    "In a container: run it with `--security-opt seccomp=unconfined` (Docker, Podman) or give it "
+    "a seccomp profile that allows unshare/clone with CLONE_NEWUSER. Otherwise set "
+    "`sandbox: limits-only` in the recipe to run model-written code with resource limits only "
+    "and no isolation (recorded in every verdict and report)."
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The recipe's sandbox mode cannot run here; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -52,22 +104,210 @@ class RunResult:
     ok: bool  # exited 0 (and, with must_finish, reached the end)
     reason: str  # ok, timeout, memory, failed_tests, "error: ..."
     output: str = ""  # the tail of stdout and stderr
+    sandbox: str = "bubblewrap"  # the mode the program ran in
 
 
 _WRAPPER = """\
-import os, resource, sys
+import os, resource, sys, types
 def cap(kind, soft, hard):
     try:
         resource.setrlimit(kind, (soft, hard))
     except (ValueError, OSError):
         pass
-memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
-cap(resource.RLIMIT_AS, memory, memory)
-cap(resource.RLIMIT_CPU, cpu, cpu + 1)
-cap(resource.RLIMIT_FSIZE, fsize, fsize)
-cap(resource.RLIMIT_CORE, 0, 0)
-os.execv(sys.executable, [sys.executable, "-I", "-B", "main.py"])
+def run():
+    memory, cpu, fsize, nproc = (int(v) for v in sys.argv[1:5])
+    sentinel, _, source = sys.stdin.buffer.read().partition(b"\\n")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    with open("main.py", "wb") as f:
+        f.write(source)
+    cap(resource.RLIMIT_AS, memory, memory)
+    cap(resource.RLIMIT_CPU, cpu, cpu + 1)
+    cap(resource.RLIMIT_FSIZE, fsize, fsize)
+    cap(resource.RLIMIT_CORE, 0, 0)
+    if nproc:
+        cap(resource.RLIMIT_NPROC, nproc, nproc)
+    main = types.ModuleType("__main__")
+    main.__file__ = "main.py"
+    sys.modules["__main__"] = main
+    exec(compile(source, "main.py", "exec"), main.__dict__)
+    if sentinel:
+        sys.stdout.flush()
+        print(sentinel.decode(), flush=True)
+run()
 """
+
+
+# --------------------------------------------------------------------------- the namespaces
+
+
+def _system_mounts() -> list[str]:
+    """``/usr`` and the top-level links into it as on the host, read-only; a few /etc files."""
+    args = []
+    for name in SYSTEM_DIRS:
+        path = Path("/", name)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def _interpreter_mounts() -> list[str]:
+    """The interpreter's install trees (base install, virtual environment) outside /usr,
+    read-only at their own paths, so the sandbox's Python has the pipeline's packages."""
+    trees = {Path(p).resolve() for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    trees |= {Path(sys.executable).resolve().parent.parent}
+    outside = [t for t in trees if not any(t.is_relative_to(f"/{d}") for d in SYSTEM_DIRS)]
+    top = [t for t in outside if not any(t != o and t.is_relative_to(o) for o in outside)]
+    args = []
+    for tree in sorted(top):
+        args += ["--ro-bind", str(tree), str(tree)]
+    prefix = Path(sys.prefix)  # the venv as the executable names it (it may be a symlink)
+    if prefix.resolve() != prefix and not prefix.is_relative_to("/usr"):
+        args += ["--ro-bind", str(prefix.resolve()), str(prefix)]
+    return args
+
+
+def bubblewrap_argv(cfg: SandboxConfig, token: str) -> list[str]:
+    """The command line that isolates a code run, up to (not including) the program."""
+    values = {**ENV, "HOME": SANDBOX_TMP, "TMPDIR": SANDBOX_TMP, TOKEN_VAR: token}
+    env = [arg for key, value in values.items() for arg in ("--setenv", key, value)]
+    return [
+        _which("unshare") or "unshare", "--user", "--map-root-user", "--net", "--",
+        _which("bwrap") or "bwrap",
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try", "--disable-userns", "--hostname", "sandbox",
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+        "--die-with-parent", "--new-session",
+        *_system_mounts(), *_interpreter_mounts(),
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(cfg.tmp_mb * 2**20), "--tmpfs", SANDBOX_TMP,
+        "--remount-ro", "/", "--remount-ro", "/dev",
+        "--chdir", SANDBOX_TMP, "--clearenv", *env,
+        "--",
+    ]  # fmt: skip
+
+
+@functools.cache
+def _probe(bwrap: str | None, unshare: str | None) -> str | None:
+    """None when a trivial program runs in the namespaces here, else why not (cached)."""
+    if bwrap is None:
+        return f"the sandbox needs bubblewrap (`bwrap`), which is not on PATH. {FIX_HINT}"
+    if unshare is None:
+        return f"the sandbox needs util-linux's `unshare`, which is not on PATH. {FIX_HINT}"
+    argv = [*bubblewrap_argv(SandboxConfig(), "probe"), sys.executable, "-I", "-S", "-c", "pass"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=ENV)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not be started: {exc}. {NAMESPACE_HINT}"
+    if done.returncode != 0:
+        said = " ".join(done.stderr.split())[:300] or f"exit code {done.returncode}"
+        return f"bubblewrap cannot create its namespaces here ({said}). {NAMESPACE_HINT}"
+    return None
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH") or ENV["PATH"])
+
+
+def ensure_available(cfg: SandboxConfig) -> None:
+    """Raise :class:`SandboxUnavailable` unless ``cfg``'s mode can run code on this host."""
+    if cfg.mode == "bubblewrap" and (problem := _probe(_which("bwrap"), _which("unshare"))):
+        raise SandboxUnavailable(problem)
+
+
+CGROUP_DIR = "nanbeige-sandbox"  # the pids cgroup (beside this process's) that holds runs
+
+
+def _own_pids_cgroup() -> Path | None:
+    """This process's pids cgroup directory (v1 ``pids`` hierarchy, else the v2 one)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            return Path("/sys/fs/cgroup/pids", path.lstrip("/"))
+    v2 = next((path for _, c, path in (x.split(":", 2) for x in lines) if c == ""), None)
+    return Path("/sys/fs/cgroup", v2.lstrip("/")) if v2 is not None else None
+
+
+@functools.cache
+def _cgroup_parent() -> Path | None:
+    """Where each run gets a pids cgroup of its own, or None where cgroups are not writable
+    here (then the process count rests on RLIMIT_NPROC, which the kernel ignores for root)."""
+    own = _own_pids_cgroup()
+    if own is None:
+        return None
+    parent = own / CGROUP_DIR
+    try:
+        parent.mkdir(exist_ok=True)
+        control = parent / "cgroup.subtree_control"
+        if control.exists() and "pids" not in control.read_text().split():
+            control.write_text("+pids")
+        trial = parent / f"probe-{os.getpid()}"
+        trial.mkdir(exist_ok=True)
+        try:
+            (trial / "pids.max").write_text("8")
+        finally:
+            trial.rmdir()
+    except OSError:
+        return None
+    return parent
+
+
+def process_limit(cfg: SandboxConfig) -> str:
+    """What bounds a run's process count: "pids cgroup" or "rlimit" (both kernel-enforced), or
+    "watchdog" (50 ms polling: root without a writable pids cgroup, or limits-only mode)."""
+    if cfg.mode == "limits-only":
+        return "watchdog"
+    if _cgroup_parent() is not None:
+        return "pids cgroup"
+    return "watchdog" if os.geteuid() == 0 else "rlimit"
+
+
+@contextlib.contextmanager
+def _pids_cgroup(cfg: SandboxConfig, token: str) -> Iterator[Path | None]:
+    """A pids cgroup for one bubblewrap run, removed afterwards; None where there is none."""
+    parent = _cgroup_parent() if cfg.mode == "bubblewrap" else None
+    if parent is None:
+        yield None
+        return
+    path = parent / f"run-{token}"
+    path.mkdir()
+    try:
+        # the program, bwrap and bwrap's init (the shell that joins becomes bwrap)
+        (path / "pids.max").write_text(str(cfg.max_processes + 2))
+        yield path
+    finally:
+        for _ in range(100):  # empty once every process is reaped
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
+def describe(cfg: SandboxConfig) -> str:
+    """One line for reports: which sandbox ran the code, and what it guarantees."""
+    if cfg.mode == "limits-only":
+        return (
+            "limits-only: resource limits and a wall-clock kill, NO isolation (the code saw the "
+            "filesystem, the network and the environment of the pipeline's user)"
+        )
+    return (
+        f"bubblewrap: no network (loopback down), read-only system, private {cfg.tmp_mb} MB "
+        f"/tmp, no checkout/store/home, PID/IPC/UTS/user namespaces, at most "
+        f"{cfg.max_processes} processes ({process_limit(cfg)})"
+    )
+
+
+# --------------------------------------------------------------------------- one run
 
 
 @dataclass(frozen=True)
@@ -81,7 +321,12 @@ class _Run:
 
 def _sandbox_pids(token: str) -> list[int]:
     """Live processes whose environment carries ``token`` (empty without /proc)."""
-    needle = f"{TOKEN_VAR}={token}".encode()
+    return _sandbox_pids_matching(f"{TOKEN_VAR}={token}".encode(), exact=True)
+
+
+def _sandbox_pids_matching(needle: bytes, exact: bool = False) -> list[int]:
+    """Live processes with an environment entry equal to (or, not ``exact``, starting with)
+    ``needle``."""
     found = []
     try:
         entries = list(os.scandir("/proc"))
@@ -90,20 +335,28 @@ def _sandbox_pids(token: str) -> list[int]:
     for entry in entries:
         if entry.name.isdigit():
             try:
-                environ = Path(entry.path, "environ").read_bytes()
+                variables = Path(entry.path, "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if needle in environ.split(b"\0"):
+            if needle in variables or (not exact and any(v.startswith(needle) for v in variables)):
                 found.append(int(entry.name))
     return found
 
 
-def _kill_all(proc: subprocess.Popen, token: str) -> None:
-    """SIGKILL the run's process group, then every process that still carries its token."""
+def _cgroup_pids(cgroup: Path | None) -> list[int]:
+    try:
+        return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()] if cgroup else []
+    except OSError:
+        return []
+
+
+def _kill_all(proc: subprocess.Popen, token: str, cgroup: Path | None = None) -> None:
+    """SIGKILL the run's process group (bwrap's death ends its namespaces), then every process
+    still in its cgroup or carrying its token."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     for _ in range(50):
-        pids = _sandbox_pids(token)
+        pids = _cgroup_pids(cgroup) + _sandbox_pids(token)
         if not pids:
             break
         for pid in pids:
@@ -121,52 +374,64 @@ def _tail(stream: IO[bytes]) -> str:
     return text[-OUTPUT_CHARS:]
 
 
-def _run(program: str, timeout_s: float, memory_mb: int) -> _Run:
+def _command(
+    cfg: SandboxConfig, token: str, limits: tuple[int, ...], cgroup: Path | None
+) -> list[str]:
+    python = [sys.executable, "-I", "-B", "-c", _WRAPPER, *map(str, limits)]
+    if cfg.mode == "limits-only":
+        return python
+    join = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
+    return [*(join if cgroup else []), *bubblewrap_argv(cfg, token), *python]
+
+
+def _watch(proc: subprocess.Popen, token: str, timeout_s: float, cfg: SandboxConfig):
+    """Wait for the run; (timed out, held too many processes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True, False
+        try:
+            proc.wait(timeout=min(POLL_S, left))
+            return False, False
+        except subprocess.TimeoutExpired:
+            pass
+        held = len(_sandbox_pids(token))
+        # limits-only: the watchdog is the limit; bubblewrap: the kernel's count is (the
+        # program holds at most max_processes, bwrap's init being the last one of the limit)
+        if held > cfg.max_processes or (cfg.mode == "bubblewrap" and held >= cfg.max_processes):
+            return False, True
+
+
+def _run(payload: bytes, timeout_s: float, memory_mb: int, cfg: SandboxConfig) -> _Run:
     token = secrets.token_hex(8)
+    nproc = cfg.max_processes + 1 if cfg.mode == "bubblewrap" else 0  # + bwrap's init
+    limits = (memory_mb * 2**20, math.ceil(timeout_s) + 1, FILE_LIMIT_MB * 2**20, nproc)
     with (
         tempfile.TemporaryDirectory(prefix="nanbeige-sandbox-", ignore_cleanup_errors=True) as tmp,
+        _pids_cgroup(cfg, token) as cgroup,
+        tempfile.TemporaryFile() as program,
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
     ):
-        Path(tmp, "main.py").write_text(program, encoding="utf-8")
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": tmp,
-            "TMPDIR": tmp,
-            "LANG": "C.UTF-8",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            TOKEN_VAR: token,
-        }
-        limits = (memory_mb * 2**20, math.ceil(timeout_s) + 1, FILE_LIMIT_MB * 2**20)
+        program.write(payload)
+        program.seek(0)
+        # bubblewrap sets the program's own environment (and token); bwrap itself gets neither
+        env = {**ENV, "HOME": tmp, "TMPDIR": tmp, TOKEN_VAR: token}
+        env = env if cfg.mode == "limits-only" else ENV
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WRAPPER, *map(str, limits)],
-            cwd=tmp,
+            _command(cfg, token, limits, cgroup),
+            cwd=tmp,  # limits-only: the run's directory; bubblewrap: unused (its /tmp is)
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=program,
             stdout=out,
             stderr=err,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        timed_out = too_many = False
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                try:
-                    proc.wait(timeout=min(POLL_S, left))
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if len(_sandbox_pids(token)) > MAX_PROCESSES:
-                    too_many = True
-                    break
+            timed_out, too_many = _watch(proc, token, timeout_s, cfg)
         finally:
-            _kill_all(proc, token)  # also after a clean exit: background children die here
+            _kill_all(proc, token, cgroup)  # also after a clean exit: background children die
         return _Run(proc.returncode, _tail(out), _tail(err), timed_out, too_many)
 
 
@@ -174,7 +439,7 @@ def _last_error_line(stderr: str) -> str:
     return next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
 
 
-def _classify(run: _Run, sentinel: str | None) -> RunResult:
+def _classify(run: _Run, sentinel: str | None, cfg: SandboxConfig) -> RunResult:
     output = (run.stdout + run.stderr)[-OUTPUT_CHARS:]
     last = _last_error_line(run.stderr)
     exception = re.match(r"([A-Za-z_][\w.]*)(?::|$)", last)
@@ -182,7 +447,7 @@ def _classify(run: _Run, sentinel: str | None) -> RunResult:
     if run.timed_out or run.returncode == -signal.SIGXCPU:
         reason = "timeout"
     elif run.too_many:
-        reason = f"error: more than {MAX_PROCESSES} processes"
+        reason = f"error: too many processes (limit {cfg.max_processes})"
     elif name == "MemoryError" or run.returncode == -signal.SIGKILL:  # SIGKILL: the OOM killer
         reason = "memory"
     elif run.returncode == 0:
@@ -196,19 +461,27 @@ def _classify(run: _Run, sentinel: str | None) -> RunResult:
         reason = f"error: killed by {signal.Signals(-run.returncode).name}"
     else:
         reason = f"error: exit code {run.returncode}"
-    return RunResult(reason == "ok", reason, output)
+    return RunResult(reason == "ok", reason, output, cfg.mode)
 
 
 def run_code(
-    program: str, *, timeout_s: float = 5.0, memory_mb: int = 512, must_finish: bool = False
+    program: str,
+    *,
+    sandbox: SandboxConfig | None = None,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    must_finish: bool = False,
 ) -> RunResult:
     """Run ``program`` in the sandbox; "ok" when it exits 0 (and, with ``must_finish``, when it
-    ran to its last line)."""
+    ran to its last line). Raises :class:`SandboxUnavailable` when the mode cannot run here;
+    anything else that goes wrong is an "error: ..." result."""
+    cfg = sandbox or SandboxConfig()
+    ensure_available(cfg)
     sentinel = f"finished {secrets.token_hex(16)}" if must_finish else None
-    if sentinel is not None:  # printed, never in the source: printing the file does not pass
-        program = f"{program}\nprint({sentinel[::-1]!r}[::-1], flush=True)\n"
+    payload = f"{sentinel or ''}\n{program}".encode()
     try:
-        return _classify(_run(program, timeout_s, memory_mb), sentinel)
+        return _classify(_run(payload, timeout_s, memory_mb, cfg), sentinel, cfg)
     except Exception as exc:  # e.g. an unwritable temp dir
         message = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return RunResult(False, f"error: {type(exc).__name__}: {message}".rstrip(": "))
+        reason = f"error: {type(exc).__name__}: {message}".rstrip(": ")
+        return RunResult(False, reason, "", cfg.mode)

@@ -34,13 +34,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nanbeige_data import sandbox as code_sandbox
+from nanbeige_data.config import SandboxConfig
 from nanbeige_data.evaluation import evalsets
 from nanbeige_data.evaluation.config import EvalConfig
 from nanbeige_data.evaluation.verifiers import get_verifier, pass_at_k
 from nanbeige_data.models import GenerationEngine, SamplingParams
 from nanbeige_data.report import Progress, Report, figure_markdown, md_table
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: code runs in the namespaced sandbox; rows and report name its mode
 PROGRESS_EVERY_S = 10.0
 RESULTS_FILE, SUMMARY_FILE, REPORT_FILE, PLOT_FILE = (
     "results.parquet",
@@ -113,12 +115,15 @@ def evaluate(
     *,
     chat: bool = False,
     progress: Log | None = None,
+    sandbox: SandboxConfig | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(rows, summary): one row per (set, item, sample); avg@k / pass@k per set."""
+    """(rows, summary): one row per (set, item, sample); avg@k / pass@k per set. Code answers
+    run in ``sandbox`` (default: bubblewrap); its mode is in every code row."""
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
+    box = sandbox or SandboxConfig()
     for name, items in sets.items():
-        set_rows, summary[name] = _evaluate_set(engine, name, items, cfg, chat, progress)
+        set_rows, summary[name] = _evaluate_set(engine, name, items, cfg, chat, progress, box)
         rows += set_rows
         s = summary[name]
         if progress is not None:
@@ -126,7 +131,7 @@ def evaluate(
     return rows, summary
 
 
-def _evaluate_set(engine, name, items, cfg: EvalConfig, chat: bool, progress: Log | None):
+def _evaluate_set(engine, name, items, cfg: EvalConfig, chat, progress: Log | None, box):
     k = cfg.k_for(name)
     code = any(item["verifier"] == "code" for item in items)
     params = SamplingParams(
@@ -147,7 +152,7 @@ def _evaluate_set(engine, name, items, cfg: EvalConfig, chat: bool, progress: Lo
     for item, samples in zip(items, outputs, strict=True):
         flags = []
         for s, sample in enumerate(samples):
-            row = _verify(item, s, sample, cfg)
+            row = _verify(item, s, sample, cfg, box)
             rows.append({"set": name, **row})
             flags.append(row["correct"])
             tokens += len(sample.token_ids)
@@ -156,16 +161,19 @@ def _evaluate_set(engine, name, items, cfg: EvalConfig, chat: bool, progress: Lo
     return rows, _summary(correct_per_item, k, tokens, generated)
 
 
-def _verify(item: Mapping[str, Any], s: int, sample, cfg: EvalConfig) -> dict[str, Any]:
+def _verify(item: Mapping[str, Any], s: int, sample, cfg: EvalConfig, box) -> dict[str, Any]:
     answer, against = _answer(item, sample.text)
-    if item["verifier"] == "code":
-        against = {**against, "timeout_s": cfg.code_timeout_s, "memory_mb": cfg.code_memory_mb}
+    code = item["verifier"] == "code"
+    if code:
+        limits = {"timeout_s": cfg.code_timeout_s, "memory_mb": cfg.code_memory_mb}
+        against = {**against, **limits, "sandbox": box}
     verdict = get_verifier(item["verifier"])(answer, against)
     return {
         "item_id": str(item["id"]),
         "sample": s,
         "correct": verdict.correct,
         "reason": verdict.reason,
+        "sandbox": box.mode if code else None,  # the mode the code ran in
         "extracted": verdict.extracted,
         "reference": str(item["reference"])[:500],
         "finish_reason": sample.finish_reason,
@@ -204,6 +212,7 @@ def evaluate_model(
     chat: bool,
     label: str,
     progress: Log | None = None,
+    sandbox: SandboxConfig | None = None,
 ) -> Report:
     """Evaluate the model ``spec`` (a model dir, a ``.gguf`` or the packaged name) on the sets
     written by :func:`nanbeige_data.evaluation.evalsets.build_set` (name -> version dir);
@@ -212,6 +221,10 @@ def evaluate_model(
 
     sets = {name: evalsets.read_set(path) for name, path in set_dirs.items()}
     say = progress or (lambda line: None)
+    box = sandbox or SandboxConfig()
+    if any(item["verifier"] == "code" for items in sets.values() for item in items):
+        code_sandbox.ensure_available(box)  # before minutes of generation, not after
+        say(f"eval: code runs in {code_sandbox.describe(box)}")
     say(f"eval: loading {spec} (dtype {cfg.dtype}, backend {cfg.backend})")
     started = time.perf_counter()
     engine = load_engine(
@@ -219,7 +232,7 @@ def evaluate_model(
     )
     dtype = str(engine.dtype)
     say(f"eval: {spec} loaded in {time.perf_counter() - started:.1f}s ({dtype})")
-    rows, summary = evaluate(engine, sets, cfg, chat=chat, progress=progress)
+    rows, summary = evaluate(engine, sets, cfg, chat=chat, progress=progress, sandbox=box)
     return write_report(
         rows,
         summary,
@@ -228,6 +241,7 @@ def evaluate_model(
         model=spec,
         dtype=dtype,
         config={**cfg.model_dump(mode="json"), "chat": chat, "chat_code_template": CHAT_CODE},
+        sandbox=box,
     )
 
 
@@ -240,14 +254,18 @@ def write_report(
     model: str,
     dtype: str,
     config: Mapping[str, Any],
+    sandbox: SandboxConfig | None = None,
 ) -> Report:
-    """The stage's files under ``out_dir`` and its Report."""
+    """The stage's files under ``out_dir`` and its Report (``sandbox``: where code ran)."""
     import polars as pl
 
     out_dir = Path(out_dir)
+    box = sandbox or SandboxConfig()
+    ran_code = any(row.get("sandbox") for row in rows)
+    where = code_sandbox.describe(box) if ran_code else "no code was run"
     pl.DataFrame(rows).write_parquet(out_dir / RESULTS_FILE)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    report = report_markdown(label, summary)
+    report = f"{report_markdown(label, summary)}\n\nCode sandbox: {where}.\n"
     (out_dir / REPORT_FILE).write_text(report)
     plot = plot_report(summary, out_dir / PLOT_FILE, label)
     return Report(
@@ -257,8 +275,15 @@ def write_report(
         values={
             **{f"{n}_avg@{s['k']}": round(s["avg"], 4) for n, s in summary.items()},
             "dtype": dtype,
+            "sandbox": box.mode if ran_code else "none",
         },
-        extra={"summary": dict(summary), "config": dict(config), "model": model, "dtype": dtype},
+        extra={
+            "summary": dict(summary),
+            "config": dict(config),
+            "model": model,
+            "dtype": dtype,
+            "sandbox": {"mode": box.mode if ran_code else "none", "description": where},
+        },
     )
 
 

@@ -121,9 +121,45 @@ def test_progress_lines_and_the_stage_report(tmp_path):
         "report.png",
     }
     assert set(report.markdown) == {"report", "plot"} and set(report.json) == {"config"}
-    assert report.values == {"arithmetic_avg@1": 0.5, "dtype": "float32"}
+    assert report.values == {"arithmetic_avg@1": 0.5, "dtype": "float32", "sandbox": "none"}
     assert report.counts == {"samples": 2, "items": 2}
     assert report.extra["summary"]["arithmetic"]["avg"] == 0.5
+
+
+def test_code_rows_and_the_report_name_the_sandbox_mode(tmp_path):
+    from nanbeige_data.config import SandboxConfig
+    from nanbeige_train.evaluate import write_report
+
+    items, _ = load_items("humaneval", max_items=1)
+    engine = ScriptedEngine({items[0]["prompt"]: [items[0]["reference"]]})
+    for mode, words in (("limits-only", "NO isolation"), ("bubblewrap", "no network")):
+        box = SandboxConfig(mode=mode)
+        one = EvalConfig(k={"default": 1})
+        rows, summary = evaluate(engine, {"humaneval": items}, one, sandbox=box)
+        assert summary["humaneval"]["avg"] == 1.0 and [r["sandbox"] for r in rows] == [mode]
+        out = tmp_path / mode
+        out.mkdir()
+        report = write_report(
+            rows, summary, out, label="m", model="m", dtype="float32", config={}, sandbox=box
+        )
+        assert report.values["sandbox"] == mode and report.extra["sandbox"]["mode"] == mode
+        assert words in report.markdown["report"] and words in (out / "report.md").read_text()
+
+
+def test_an_unavailable_sandbox_stops_the_eval_before_generation(tmp_path, monkeypatch):
+    from nanbeige_data.evaluation.evalsets import build_set
+    from nanbeige_data.sandbox import SandboxUnavailable
+    from nanbeige_train.evaluate import evaluate_model
+
+    cfg = EvalConfig(max_items=1)
+    (tmp_path / "humaneval").mkdir()
+    build_set("humaneval", cfg, tmp_path / "humaneval")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no bwrap, no unshare
+    with pytest.raises(SandboxUnavailable, match="sandbox: limits-only"):
+        evaluate_model(  # a model that does not exist: the sandbox is checked first
+            str(tmp_path / "no-model"), {"humaneval": tmp_path / "humaneval"}, cfg,
+            tmp_path / "out", chat=False, label="x",
+        )  # fmt: skip
 
 
 def test_a_built_set_reads_back_with_its_report(tmp_path):

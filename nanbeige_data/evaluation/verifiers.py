@@ -19,8 +19,9 @@ signature ``fn(answer_text, item)`` over an eval item dict, for evaluation and R
 * Exact: the boxed / "answer is" part, else the whole text, compared after case, whitespace,
   punctuation and ``\\text{}`` normalization.
 * Code (HumanEval style): prompt + completion (the first fenced block of a chat answer) +
-  tests + ``check(entry_point)`` run to the end in :mod:`nanbeige_data.sandbox` (rlimits, a
-  process-group watchdog, a sentinel the program must print); the sandbox's "ok" is "match".
+  tests + ``check(entry_point)`` run to the end in :mod:`nanbeige_data.sandbox` (namespaces,
+  rlimits, a wall-clock kill, a sentinel the program must print); the sandbox's "ok" is
+  "match".
 
 Trade-offs and limits:
 
@@ -32,8 +33,8 @@ Trade-offs and limits:
   watchdog thread -- so the comparison is sent to a long-lived helper process (one per
   concurrent thread, about 60 MB each, started on first use in about a second) that is killed
   and replaced when it runs past the limit.
-* Code runs: see :mod:`nanbeige_data.sandbox` (it bounds resources; it is not a security
-  boundary).
+* Code runs: see :mod:`nanbeige_data.sandbox` (namespaces with no network, a read-only
+  system and a private /tmp, plus resource limits; or, where the recipe says so, limits only).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from fractions import Fraction
 from typing import Any
 
 from nanbeige_data import sandbox
+from nanbeige_data.config import SandboxConfig
 
 CODE_VERSION = "1"  # bump when a verdict for the same answer and reference can change
 CHOICES = "ABCDEFGHIJ"  # answer letters accepted by default (MMLU-Pro has ten)
@@ -508,13 +510,18 @@ def verify_code(
     prompt: str = "",
     timeout_s: float = 5.0,
     memory_mb: int = 512,
+    box: SandboxConfig | None = None,
 ) -> Verdict:
     """HumanEval: run prompt + completion + tests + ``check(entry_point)`` in
-    :mod:`nanbeige_data.sandbox`, to the end (an early clean exit does not pass)."""
+    :mod:`nanbeige_data.sandbox` (``box``: its mode and limits, default bubblewrap), to the end
+    (an early clean exit does not pass). A sandbox that cannot run here raises
+    :class:`~nanbeige_data.sandbox.SandboxUnavailable`: no verdict is better than a wrong one."""
     if not isinstance(completion, str) or not completion.strip():
         return Verdict(False, "no_answer", None)
     program = f"{prompt}{_code_block(completion)}\n{test_program}\ncheck({entry_point})\n"
-    run = sandbox.run_code(program, timeout_s=timeout_s, memory_mb=memory_mb, must_finish=True)
+    run = sandbox.run_code(
+        program, sandbox=box, timeout_s=timeout_s, memory_mb=memory_mb, must_finish=True
+    )
     return Verdict(run.ok, "match" if run.ok else run.reason, None, run.output)
 
 
@@ -541,6 +548,7 @@ def _code_item(answer_text: str, item: Mapping[str, Any]) -> Verdict:
         prompt=item.get("prompt", ""),
         timeout_s=float(item.get("timeout_s", 5.0)),
         memory_mb=int(item.get("memory_mb", 512)),
+        box=item.get("sandbox"),
     )
 
 
