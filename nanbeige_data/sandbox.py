@@ -52,13 +52,15 @@ import math
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -116,6 +118,7 @@ def cap(kind, soft, hard):
         pass
 def run():
     memory, cpu, fsize, nproc = (int(v) for v in sys.argv[1:5])
+    sys.path.extend(p for p in sys.argv[5].split(os.pathsep) if p)
     sentinel, _, source = sys.stdin.buffer.read().partition(b"\\n")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -285,12 +288,12 @@ def _pids_cgroup(cfg: SandboxConfig, token: str) -> Iterator[Path | None]:
         (path / "pids.max").write_text(str(cfg.max_processes + 2))
         yield path
     finally:
-        for _ in range(100):  # empty once every process is reaped
+        for attempt in range(300):  # empty once every process is reaped
             try:
                 path.rmdir()
                 break
             except OSError:
-                time.sleep(0.01)
+                time.sleep(0.001 if attempt < 100 else 0.01)
 
 
 def describe(cfg: SandboxConfig) -> str:
@@ -352,17 +355,17 @@ def _cgroup_pids(cgroup: Path | None) -> list[int]:
 
 def _kill_all(proc: subprocess.Popen, token: str, cgroup: Path | None = None) -> None:
     """SIGKILL the run's process group (bwrap's death ends its namespaces), then every process
-    still in its cgroup or carrying its token."""
+    still in its cgroup (nothing can leave it) or, without one, still carrying its token."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    for _ in range(50):
-        pids = _cgroup_pids(cgroup) + _sandbox_pids(token)
+    for attempt in range(1000):
+        pids = _cgroup_pids(cgroup) if cgroup is not None else _sandbox_pids(token)
         if not pids:
             break
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
+        time.sleep(0.001 if attempt < 100 else 0.01)
     proc.wait()
 
 
@@ -374,33 +377,81 @@ def _tail(stream: IO[bytes]) -> str:
     return text[-OUTPUT_CHARS:]
 
 
+@functools.cache
+def _site_dirs() -> str:
+    """The interpreter's site-packages, put on the program's path by the wrapper: its packages
+    (sympy, numpy) without running ``.pth`` start-up hooks (about 25 ms a run here, and they
+    would import the pipeline's own editable install)."""
+    paths = sysconfig.get_paths()
+    return os.pathsep.join(dict.fromkeys((paths["purelib"], paths["platlib"])))
+
+
 def _command(
     cfg: SandboxConfig, token: str, limits: tuple[int, ...], cgroup: Path | None
 ) -> list[str]:
-    python = [sys.executable, "-I", "-B", "-c", _WRAPPER, *map(str, limits)]
+    python = [sys.executable, "-I", "-S", "-B", "-c", _WRAPPER, *map(str, limits), _site_dirs()]
     if cfg.mode == "limits-only":
         return python
     join = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
     return [*(join if cgroup else []), *bubblewrap_argv(cfg, token), *python]
 
 
-def _watch(proc: subprocess.Popen, token: str, timeout_s: float, cfg: SandboxConfig):
-    """Wait for the run; (timed out, held too many processes)."""
+def _limit_hit(cgroup: Path) -> bool:
+    """The kernel refused a fork in this run's pids cgroup (``pids.events``: ``max N``)."""
+    try:
+        events = dict(line.split() for line in (cgroup / "pids.events").read_text().splitlines())
+    except (OSError, ValueError):
+        return False
+    return int(events.get("max", 0)) > 0
+
+
+def _watch(proc: subprocess.Popen, token: str, timeout_s: float, cfg: SandboxConfig, cgroup):
+    """Wait for the run (woken by its exit at once, through a pidfd); (timed out, held or
+    asked for more than ``max_processes`` processes)."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return True, False
+    with _exit_waiter(proc) as exited:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True, False
+            if exited(min(POLL_S, left)):
+                return False, False
+            if cgroup is not None:  # the kernel refused a fork: stop it now, not at the timeout
+                if _limit_hit(cgroup):
+                    return False, True
+                continue
+            held = len(_sandbox_pids(token))
+            # limits-only: the watchdog is the limit; bubblewrap (rlimit): the kernel's count
+            # is, and the program holding max_processes means it reached it
+            if held > cfg.max_processes or (cfg.mode == "bubblewrap" and held >= cfg.max_processes):
+                return False, True
+
+
+@contextlib.contextmanager
+def _exit_waiter(proc: subprocess.Popen) -> Iterator[Callable[[float], bool]]:
+    """``exited(seconds)``: wait up to ``seconds`` for ``proc`` to end; True once it has."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): Popen's own polling
+        fd = None
+    poller = select.poll()
+    if fd is not None:
+        poller.register(fd, select.POLLIN)
+
+    def exited(seconds: float) -> bool:
+        if fd is not None and not poller.poll(seconds * 1000):
+            return False
         try:
-            proc.wait(timeout=min(POLL_S, left))
-            return False, False
+            proc.wait(timeout=0 if fd is not None else seconds)
+            return True
         except subprocess.TimeoutExpired:
-            pass
-        held = len(_sandbox_pids(token))
-        # limits-only: the watchdog is the limit; bubblewrap: the kernel's count is (the
-        # program holds at most max_processes, bwrap's init being the last one of the limit)
-        if held > cfg.max_processes or (cfg.mode == "bubblewrap" and held >= cfg.max_processes):
-            return False, True
+            return False
+
+    try:
+        yield exited
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _run(payload: bytes, timeout_s: float, memory_mb: int, cfg: SandboxConfig) -> _Run:
@@ -429,7 +480,7 @@ def _run(payload: bytes, timeout_s: float, memory_mb: int, cfg: SandboxConfig) -
             start_new_session=True,
         )
         try:
-            timed_out, too_many = _watch(proc, token, timeout_s, cfg)
+            timed_out, too_many = _watch(proc, token, timeout_s, cfg, cgroup)
         finally:
             _kill_all(proc, token, cgroup)  # also after a clean exit: background children die
         return _Run(proc.returncode, _tail(out), _tail(err), timed_out, too_many)
