@@ -64,6 +64,8 @@ def test_tiny_recipe_is_the_default_and_keeps_paper_proportions():
         ),
         (("pretrain", "batch_size"), "eight", "pretrain.batch_size", "valid integer"),
         (("model", "n_layerz"), 2, "model.n_layerz", "Extra inputs"),
+        (("sandbox",), "none", "sandbox.mode", "'bubblewrap' or 'limits-only'"),
+        (("sandbox", "max_processes"), 0, "sandbox.max_processes", "greater than 0"),
     ],
 )
 def test_wrong_values_name_the_field(tiny_raw, path, value, field, reason):
@@ -105,3 +107,15 @@ def test_section_hash_changes_only_with_its_section(tiny_raw):
     changed = parse_recipe(raw)
     assert changed.section_hash("refinery.tiers") != base.section_hash("refinery.tiers")
     assert changed.section_hash("refinery.filters") == base.section_hash("refinery.filters")
+
+
+def test_sandbox_mode_alone_and_in_the_version(tiny_raw):
+    base = parse_recipe(tiny_raw)
+    assert base.sandbox.mode == "bubblewrap"
+    raw = copy.deepcopy(tiny_raw)
+    raw["sandbox"] = "limits-only"  # the short form the README shows
+    weaker = parse_recipe(raw)
+    assert weaker.sandbox.mode == "limits-only" and weaker.sandbox.max_processes == 32
+    # a weaker sandbox can pass a program the namespaces fail: it is part of the eval version
+    assert weaker.section_hash("eval", "sandbox") != base.section_hash("eval", "sandbox")
+    assert weaker.section_hash("eval") == base.section_hash("eval")

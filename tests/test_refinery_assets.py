@@ -107,5 +107,7 @@ def test_main_job_materializes_with_lineage_and_gates(small_recipe, store_root):
         assert {"arithmetic", "humaneval"} <= set(summary)
         assert all(s["items"] <= 6 and s["k"] == 2 for s in summary.values())
         assert report.manifest["counts"]["samples"] == sum(s["items"] * 2 for s in summary.values())
+        assert report.manifest["extra"]["sandbox"]["mode"] == "bubblewrap"  # HumanEval ran there
+        assert "no network" in (report.local_path / "report.md").read_text()
     reference = store.require("eval_reference_model").manifest["extra"]["summary"]
     assert reference["arithmetic"]["avg"] > 0
