@@ -195,6 +195,27 @@ def bubblewrap_argv(cfg: SandboxConfig, token: str) -> list[str]:
     ]  # fmt: skip
 
 
+BWRAP_MIN = (0, 8, 0)  # --disable-userns and --size
+
+
+def _bwrap_too_old(bwrap: str) -> str | None:
+    """Why ``bwrap`` is too old for the sandbox's options, or None."""
+    try:
+        said = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{bwrap} --version` failed: {exc}. {FIX_HINT}"
+    found = re.search(r"(\d+)\.(\d+)\.(\d+)", said.stdout)
+    version = tuple(int(x) for x in found.groups()) if found else (0, 0, 0)
+    if version < BWRAP_MIN:
+        need = ".".join(map(str, BWRAP_MIN))
+        return (
+            f"bubblewrap {said.stdout.strip() or '(unknown version)'} at {bwrap} is older than "
+            f"{need}, which the sandbox needs (--disable-userns, --size). Install {need} or "
+            "newer (Debian 12 ships 0.8.0), or set `sandbox: limits-only` in the recipe."
+        )
+    return None
+
+
 @functools.cache
 def _probe(bwrap: str | None, unshare: str | None) -> str | None:
     """None when a trivial program runs in the namespaces here, else why not (cached)."""
@@ -202,6 +223,8 @@ def _probe(bwrap: str | None, unshare: str | None) -> str | None:
         return f"the sandbox needs bubblewrap (`bwrap`), which is not on PATH. {FIX_HINT}"
     if unshare is None:
         return f"the sandbox needs util-linux's `unshare`, which is not on PATH. {FIX_HINT}"
+    if (too_old := _bwrap_too_old(bwrap)) is not None:
+        return too_old
     argv = [*bubblewrap_argv(SandboxConfig(), "probe"), sys.executable, "-I", "-S", "-c", "pass"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=ENV)

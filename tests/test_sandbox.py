@@ -433,7 +433,8 @@ def test_namespaces_forbidden_refuses_with_bwraps_own_words(tmp_path, monkeypatc
     bin_dir = _path_without_bwrap(tmp_path)
     fake = bin_dir / "bwrap"  # what bwrap says in a container whose seccomp forbids userns
     fake.write_text(
-        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace, likely because the "
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'bubblewrap 0.8.0' && exit 0\n"
+        "echo 'bwrap: No permissions to creating new namespace, likely because the "
         "kernel does not allow non-privileged user namespaces.' >&2\nexit 1\n"
     )
     fake.chmod(0o755)
@@ -442,6 +443,16 @@ def test_namespaces_forbidden_refuses_with_bwraps_own_words(tmp_path, monkeypatc
         sandbox.ensure_available(BWRAP)
     assert "No permissions to creating new namespace" in str(err.value)
     assert "seccomp" in str(err.value) and "sandbox: limits-only" in str(err.value)
+
+
+def test_a_bubblewrap_too_old_for_its_options_is_refused(tmp_path, monkeypatch):
+    bin_dir = _path_without_bwrap(tmp_path)
+    old = bin_dir / "bwrap"  # Ubuntu 22.04's version, which lacks --disable-userns
+    old.write_text("#!/bin/sh\necho 'bubblewrap 0.6.1'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(SandboxUnavailable, match=r"bubblewrap 0.6.1 .* older than 0.8.0"):
+        sandbox.ensure_available(BWRAP)
 
 
 def test_results_and_descriptions_name_the_mode():
