@@ -4,7 +4,9 @@ Assets never build command lines; they hand a
 :class:`~nanbeige_train.pretrain.trainer.StageSpec` to a launcher. :class:`LocalLauncher` runs
 ``torchrun --standalone`` here (gloo on CPU, NCCL on GPUs), streams the log to a file and to a
 progress callback, and turns a failed run into a :class:`TrainingError` carrying the log's tail.
-A cluster launcher (Slurm ``srun torchrun``, a Kubernetes job) implements the same ``run_stage``.
+A cluster launcher (Slurm ``srun torchrun``, a Kubernetes job) implements the same ``run_stage``
+and ``run_chain``: several stages in order in one launch (the ablation's runs, whose start-up --
+process, imports, process group -- would otherwise be paid once per stage).
 
 Threads: each rank gets ``cpu_count // nproc`` intra-op threads (or ``threads_per_rank``) so
 two gloo ranks on a 2-core machine do not oversubscribe it.
@@ -19,7 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,25 +51,79 @@ class LocalLauncher:
     def run_stage(
         self, spec: StageSpec, *, on_line: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
-        """Train one stage (writing its seed first if it is the first stage); its result."""
-        work = Path(spec.work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        spec_path = spec.save(work / SPEC_FILE)
-        fresh = not checkpoints(work) and spec.init_checkpoint is None
-        if fresh and not (seed_checkpoint(work) / ".metadata").exists():
-            self._torchrun(spec_path, 1, work / "seed.log", on_line, "--seed")
-        result_path = work / RESULT_FILE
-        result_path.unlink(missing_ok=True)
-        self._torchrun(spec_path, self.nproc_per_node, work / "train.log", on_line)
-        if not result_path.exists():
-            raise TrainingError(f"stage {spec.stage}: training exited without {result_path}")
-        return json.loads(result_path.read_text())
+        """Train one stage (writing its seed first, in a launch of its own, if it is a first
+        stage); its result."""
+        return self.run_chain([spec], on_line=on_line, separate_seed=True)[0]
 
-    def _torchrun(self, spec_path: Path, nproc: int, log: Path, on_line, *extra: str) -> None:
+    def run_chain(
+        self,
+        specs: Sequence[StageSpec],
+        *,
+        on_line: Callable[[str], None] | None = None,
+        separate_seed: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Train stages in order in one torchrun launch; their results, in order.
+
+        Each spec names its own ``init_checkpoint`` (a later stage's is typically the previous
+        one's ``trainer.final_checkpoint``). A fresh first stage's seed is written in the same
+        launch when it has one rank (unless ``separate_seed``), else in a one-process launch
+        before it. The log is the first stage's ``train.log`` (``seed.log`` for a separate
+        seed). A failure names the first stage that did not finish and ends with the log's
+        tail; the stages before it have their ``result.json``."""
+        if not specs:
+            return []
+        paths = []
+        for spec in specs:
+            work = Path(spec.work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+            paths.append(spec.save(work / SPEC_FILE))
+            (work / RESULT_FILE).unlink(missing_ok=True)
+        first = Path(specs[0].work_dir)
+        extra: tuple[str, ...] = ()
+        fresh = not checkpoints(first) and specs[0].init_checkpoint is None
+        if fresh and not (seed_checkpoint(first) / ".metadata").exists():
+            if separate_seed or self.nproc_per_node != 1:
+                self._launch(specs[:1], paths[:1], 1, first / "seed.log", on_line, "--seed")
+            else:
+                extra = ("--seed-first",)
+        self._launch(specs, paths, self.nproc_per_node, first / "train.log", on_line, *extra)
+        results = []
+        for spec in specs:
+            result_path = Path(spec.work_dir) / RESULT_FILE
+            if not result_path.exists():
+                raise TrainingError(f"stage {spec.stage}: training exited without {result_path}")
+            results.append(json.loads(result_path.read_text()))
+        return results
+
+    def _launch(
+        self,
+        specs: Sequence[StageSpec],
+        paths: Sequence[Path],
+        nproc: int,
+        log: Path,
+        on_line: Callable[[str], None] | None,
+        *extra: str,
+    ) -> None:
+        """One torchrun; a failure names the first stage without a ``result.json``."""
+        try:
+            self._torchrun(paths, nproc, log, on_line, *extra)
+        except TrainingError as err:
+            done = [(Path(s.work_dir) / RESULT_FILE).exists() for s in specs]
+            stage = specs[done.index(False) if False in done else -1].stage
+            raise TrainingError(f"stage {stage}: {err}") from None
+
+    def _torchrun(
+        self,
+        spec_paths: Sequence[Path],
+        nproc: int,
+        log: Path,
+        on_line: Callable[[str], None] | None,
+        *extra: str,
+    ) -> None:
         cmd = [
             self.python, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={nproc}", "-m", "nanbeige_train.pretrain.trainer",
-            str(spec_path), *extra,
+            *map(str, spec_paths), *extra,
         ]  # fmt: skip
         env = {
             **os.environ,

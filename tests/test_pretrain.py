@@ -251,21 +251,153 @@ def test_a_sigkilled_launcher_leaves_no_orphan_trainer_and_the_stage_resumes(
     assert result["tokens_seen"] == first_stage[1]["tokens_seen"]
 
 
-def test_next_stage_starts_from_the_previous_checkpoint(data, first_stage, tmp_path):
-    work, result = first_stage
-    nxt = LocalLauncher().run_stage(
-        spec_for(data, "stable_high_quality", tmp_path, init=Path(result["checkpoint"]))
-    )
+@pytest.fixture(scope="module")
+def next_stage(data, first_stage, tmp_path_factory):
+    """The stage after ``first_stage``, from its final checkpoint, in a launch of its own."""
+    work = tmp_path_factory.mktemp("next")
+    init = Path(first_stage[1]["checkpoint"])
+    result = LocalLauncher().run_stage(spec_for(data, "stable_high_quality", work, init=init))
+    return work, result
+
+
+def test_next_stage_starts_from_the_previous_checkpoint(data, first_stage, next_stage, tmp_path):
+    _, result = first_stage
+    work, nxt = next_stage
     assert nxt["initial_load"] == result["checkpoint"] and nxt["steps"] == 4
     fresh = tmp_path / "fresh"  # the same stage from a new init, for comparison
     LocalLauncher().run_stage(spec_for(data, "stable_high_quality", fresh))
-    assert losses(tmp_path)[0] < losses(fresh)[0] - 0.05  # it starts from trained weights
+    assert losses(work)[0] < losses(fresh)[0] - 0.05  # it starts from trained weights
+
+
+def _checkpoint_tensors(checkpoint: Path, scratch: Path) -> dict[str, object]:
+    """Every entry of a DCP checkpoint (model, optimizer moments, schedules, data position)."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = scratch / f"{len(list(scratch.glob('*.pt')))}.pt"
+    dcp_to_torch_save(checkpoint, out)
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(f"{prefix}/{i}", item)
+        else:
+            flat[prefix] = value
+
+    walk("", torch.load(out, weights_only=False))
+    return flat
+
+
+def _assert_same_checkpoint(a: Path, b: Path, scratch: Path) -> None:
+    import torch
+
+    scratch.mkdir(exist_ok=True)
+    left, right = _checkpoint_tensors(a, scratch), _checkpoint_tensors(b, scratch)
+    assert left.keys() == right.keys()
+    assert "/lm_head.weight" in left and any(k.startswith("/optimizer/") for k in left)
+    for key, value in left.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, right[key]), key
+        else:
+            assert value == right[key], key
+
+
+def test_a_chain_in_one_launch_trains_what_a_launch_per_stage_trains(
+    data, first_stage, next_stage, tmp_path
+):
+    """Seed, a first stage and the next one from its final checkpoint, all in one torchrun
+    (as the ablation trains its runs), against the seed launch and one launch per stage:
+    bit-identical per-step losses, token counts and checkpoints (model and optimizer)."""
+    from nanbeige_train.pretrain.trainer import final_checkpoint
+
+    first = spec_for(data, "stable_diverse", tmp_path / "a")
+    second = spec_for(data, "stable_high_quality", tmp_path / "b", init=final_checkpoint(first))
+    results = LocalLauncher().run_chain([first, second])
+    log = (tmp_path / "a" / "train.log").read_text().splitlines()
+    assert len([line for line in log if line.startswith("$ ")]) == 1  # one launch, seed included
+    assert not (tmp_path / "a" / "seed.log").exists()
+    assert results[0]["initial_load"].endswith("seed/step-0")
+    assert results[1]["initial_load"] == results[0]["checkpoint"] == str(final_checkpoint(first))
+    assert losses(tmp_path / "a") == losses(first_stage[0])
+    assert losses(tmp_path / "b") == losses(next_stage[0])
+    assert [r["tokens_seen"] for r in results] == [
+        first_stage[1]["tokens_seen"],
+        next_stage[1]["tokens_seen"],
+    ]
+    for ours, theirs in zip(results, (first_stage[1], next_stage[1]), strict=True):
+        scratch = tmp_path / "tensors"
+        _assert_same_checkpoint(Path(ours["checkpoint"]), Path(theirs["checkpoint"]), scratch)
+
+
+def test_an_interrupted_plan_resumes_its_chain_at_the_first_incomplete_stage(data, tmp_path):
+    """``ablation.train_plan``: a chain interrupted in its second stage keeps the finished
+    first stage (outputs and checkpoint in the run's directory); the next attempt's chain
+    starts at the second stage, from that stage's own last checkpoint, and keeps only the
+    last stage's checkpoint."""
+    from nanbeige_data.pretraining.curriculum import Plan, stage_slice
+    from nanbeige_train.pretrain.ablation import train_plan
+    from nanbeige_train.pretrain.stage import CHECKPOINT_DIR, REPORT_FILE
+    from nanbeige_train.pretrain.trainer import PROGRESS_TAG
+
+    root, _, _ = data
+    plan = stage_slice(Plan.load(root / "plan.json"), "stable_diverse")
+    names = [s.name for s in plan.stages]
+    assert names == ["warmup", "stable_diverse", "stable_high_quality"]
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan.to_dict()))
+
+    def specs(stage: str, previous: Path | None) -> StageSpec:
+        spec = spec_for(data, stage, tmp_path / "work" / stage, init=previous, every=3)
+        spec.plan_path = str(plan_path)
+        return spec
+
+    seen: list[tuple[str, int]] = []
+
+    def watch(line: str, stop_at: tuple[str, int] | None = None) -> None:
+        if PROGRESS_TAG in line:
+            row = json.loads(line.split(PROGRESS_TAG, 1)[1])
+            seen.append((row["stage"], row["step"]))
+            if seen[-1] == stop_at:
+                raise KeyboardInterrupt  # the launcher stops torchrun mid-chain
+
+    out, stop_at = tmp_path / "out", ("stable_diverse", 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_plan(plan_path, specs, out, LocalLauncher(), lambda x: watch(x, stop_at))
+    assert (out / "warmup" / REPORT_FILE).exists() and (out / "warmup" / CHECKPOINT_DIR).exists()
+    assert not (out / "stable_diverse").exists()
+    assert [p.name for p in checkpoints(tmp_path / "work" / "stable_diverse")] == ["step-3"]
+
+    seen.clear()
+    reports = train_plan(plan_path, specs, out, LocalLauncher(), watch)
+    assert [r.stage for r in reports] == names
+    assert {stage for stage, _ in seen} == {"stable_diverse", "stable_high_quality"}
+    assert reports[1].resumed_from == "step-3" and [s for _, s in seen][:1] == [4]
+    assert [len(read_metrics(out / n)) for n in names] == [s.steps for s in plan.stages]
+    assert {r.run_first_loss for r in reports} == {reports[0].first_loss}
+    assert [n for n in names if (out / n / CHECKPOINT_DIR).exists()] == ["stable_high_quality"]
+    assert train_plan(plan_path, specs, out, LocalLauncher(), watch) == reports  # all done
 
 
 def test_missing_previous_checkpoint_is_a_clear_error(data, tmp_path):
     spec = spec_for(data, "stable_high_quality", tmp_path / "w", init=tmp_path / "nope")
-    with pytest.raises(TrainingError, match="exited with"):
+    with pytest.raises(TrainingError, match="^stage stable_high_quality: .* exited with"):
         LocalLauncher().run_stage(spec)
+
+
+def test_a_chain_failing_in_a_later_stage_names_that_stage_and_keeps_the_earlier_ones(
+    data, tmp_path
+):
+    first = spec_for(data, "warmup", tmp_path / "a")
+    second = spec_for(data, "stable_high_quality", tmp_path / "b", init=tmp_path / "nope")
+    with pytest.raises(TrainingError, match="^stage stable_high_quality: .* exited with") as err:
+        LocalLauncher().run_chain([first, second])
+    assert "nope" in str(err.value).split("log ", 1)[1]  # the log's tail says what was missing
+    assert (tmp_path / "a" / "result.json").exists()  # the finished stage's result stays
+    assert not (tmp_path / "b" / "result.json").exists()
 
 
 # --- export ----------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 ``run_ablation`` fills the ``pretrain_ablation`` version. The FG-WSD run with the recipe's seed
 is the pipeline's own ``pretrain_<stage>`` chain (not trained again); the vanilla-WSD plan (one
 fixed mixture) is trained here with the recipe's seed, and both plans again with each further
-seed the recipe asks for (``curriculum.ablation_seeds``). Every run trains all its stages back to
-back in a work directory (an interrupted attempt resumes: a stage already complete there is not
-trained again), only each run's last checkpoint is kept. Every final checkpoint is then scored
-on every held-out bucket and the reasoning set (mean next-token loss in nats), and the version
+seed the recipe asks for (``curriculum.ablation_seeds``). Every run trains its seed checkpoint
+and all its stages in one launch (``LocalLauncher.run_chain``: process start, imports and
+process group are paid once per run, not once per stage; the numbers are bit-identical to one
+launch per stage) in a work directory (an interrupted attempt resumes at the first incomplete
+stage), and only each run's last checkpoint is kept. Every final checkpoint is then scored on
+every held-out bucket and the reasoning set (mean next-token loss in nats), and the version
 holds ``ablation.json`` (losses and summary), ``ablation.md`` (the table) and ``ablation.png``.
 
 Trade-off: extra seeds multiply the training time of the ablation (two runs per seed), so the
@@ -37,10 +39,10 @@ from nanbeige_train.pretrain.stage import (
     StageReport,
     TrainingRun,
     model_shape,
+    stage_outputs,
     stage_spec,
-    train_stage,
 )
-from nanbeige_train.pretrain.trainer import StageSpec, read_metrics
+from nanbeige_train.pretrain.trainer import RESULT_FILE, StageSpec, final_checkpoint, read_metrics
 
 CODE_VERSION = "1"
 ABLATION_JSON, ABLATION_TABLE, ABLATION_PLOT = "ablation.json", "ablation.md", "ablation.png"
@@ -137,26 +139,59 @@ def train_plan(
     launcher: LocalLauncher,
     on_line: Callable[[str], None] | None = None,
 ) -> list[StageReport]:
-    """Every stage of a plan in order, each from the previous one's checkpoint. Only the last
-    stage's checkpoint is kept in ``out_dir`` (with every stage's curve and report); a stage
-    already complete in ``out_dir`` (an interrupted earlier attempt) is not trained again."""
-    plan = json.loads(Path(plan_path).read_text())
-    reports, previous = [], None
-    for entry in plan["stages"]:
-        stage_dir = Path(out_dir) / entry["name"]
-        if (stage_dir / REPORT_FILE).exists() and (stage_dir / CHECKPOINT_DIR).exists():
-            report = StageReport(**json.loads((stage_dir / REPORT_FILE).read_text()))
-        else:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-            stage_dir.mkdir(parents=True)
-            first = reports[0].run_first_loss if reports else None
-            report = train_stage(
-                specs(entry["name"], previous), stage_dir, launcher, on_line, first
-            )
-        if previous is not None:
-            shutil.rmtree(previous)
-        previous = stage_dir / CHECKPOINT_DIR
+    """Every stage of a plan in order, each from the previous one's checkpoint, in one launch
+    (``launcher.run_chain``). Only the last stage's checkpoint is kept in ``out_dir`` (with
+    every stage's curve and report). Stages already complete in ``out_dir`` (an interrupted
+    earlier attempt) are not trained again: the chain starts at the first incomplete stage,
+    which resumes from its own last checkpoint in its work directory if it has one."""
+    names = [entry["name"] for entry in json.loads(Path(plan_path).read_text())["stages"]]
+    out_dir = Path(out_dir)
+    reports = _complete_stages(out_dir, names)
+    previous = out_dir / names[len(reports) - 1] / CHECKPOINT_DIR if reports else None
+    chain = []
+    for name in names[len(reports) :]:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        chain.append(specs(name, previous))
+        previous = final_checkpoint(chain[-1])
+    try:
+        if chain:
+            launcher.run_chain(chain, on_line=on_line)
+    finally:  # also after a failure: the finished stages need not train again
+        reports += _collect(chain, out_dir, reports)
+    return reports
+
+
+def _complete_stages(out_dir: Path, names: list[str]) -> list[StageReport]:
+    """Reports of the plan's leading stages complete in ``out_dir``: each has its report, the
+    last of them its checkpoint too (the earlier ones' were deleted once they were handed on)."""
+    reports: list[StageReport] = []
+    for name in names:
+        if not (out_dir / name / REPORT_FILE).exists():
+            break
+        reports.append(StageReport(**json.loads((out_dir / name / REPORT_FILE).read_text())))
+    while reports and not (out_dir / reports[-1].stage / CHECKPOINT_DIR).exists():
+        reports.pop()
+    return reports
+
+
+def _collect(chain: list[StageSpec], out_dir: Path, done: list[StageReport]) -> list[StageReport]:
+    """Copy the outputs of the chain's finished stages to ``out_dir``, keeping only the last
+    finished stage's checkpoint there (and deleting the one the chain started from)."""
+    results = []
+    for spec in chain:
+        path = Path(spec.work_dir) / RESULT_FILE
+        if not path.exists():
+            break
+        results.append(json.loads(path.read_text()))
+    reports: list[StageReport] = []
+    for i, (spec, result) in enumerate(zip(chain, results, strict=False)):
+        before = done + reports
+        first = before[0].run_first_loss if before else None
+        keep = i == len(results) - 1
+        report = stage_outputs(spec, result, out_dir / spec.stage, first, with_checkpoint=keep)
         reports.append(report)
+    if reports and done:
+        shutil.rmtree(out_dir / done[-1].stage / CHECKPOINT_DIR, ignore_errors=True)
     return reports
 
 

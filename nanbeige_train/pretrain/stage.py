@@ -195,9 +195,26 @@ def train_stage(
     """Train (or resume) one stage in ``spec.work_dir`` and copy its outputs to ``out_dir``;
     ``run_first_loss`` is the previous stage's (None for a first stage)."""
     result = launcher.run_stage(spec, on_line=on_line)
+    return stage_outputs(spec, result, out_dir, run_first_loss)
+
+
+def stage_outputs(
+    spec: StageSpec,
+    result: Mapping[str, Any],
+    out_dir: Path,
+    run_first_loss: float | None = None,
+    *,
+    with_checkpoint: bool = True,
+) -> StageReport:
+    """Copy a trained stage's outputs from ``spec.work_dir`` to ``out_dir`` and write its
+    report there; ``result`` is its ``result.json``. Without ``with_checkpoint`` the final
+    checkpoint stays in the work directory (a chain's intermediate stage, whose checkpoint
+    only the next stage needs)."""
     work = Path(spec.work_dir)
     out_dir = Path(out_dir)
-    shutil.copytree(result["checkpoint"], out_dir / CHECKPOINT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if with_checkpoint:
+        shutil.copytree(result["checkpoint"], out_dir / CHECKPOINT_DIR)
     for name in (METRICS_FILE, RESULT_FILE, SPEC_FILE):
         shutil.copy2(work / name, out_dir / name)
     _, losses = loss_ok(read_metrics(out_dir))
@@ -212,7 +229,7 @@ def train_stage(
         first_loss=first,
         last_loss=losses.get("last_loss", math.nan),
         resumed_from=result["resumed_from"],
-        checkpoint_bytes=sum(f.stat().st_size for f in (out_dir / CHECKPOINT_DIR).rglob("*")),
+        checkpoint_bytes=sum(f.stat().st_size for f in Path(result["checkpoint"]).rglob("*")),
         world_size=result["world_size"],
         run_first_loss=first if run_first_loss is None else run_first_loss,
         dtype=result.get("dtype", "float32"),

@@ -30,7 +30,8 @@ many, loss, tokens, tokens/s since the last logged step); ``stage.progress`` tur
 time-throttled lines a person reads.
 
 Run it as ``torchrun --nproc_per_node N -m nanbeige_train.pretrain.trainer spec.json`` (the
-launcher does); on CPU it applies :mod:`nanbeige_train.compat` first and uses gloo.
+launcher does); on CPU it applies :mod:`nanbeige_train.compat` first and uses gloo. Several
+spec files train those stages in order in one launch (:func:`run_chain`: the ablation's runs).
 """
 
 from __future__ import annotations
@@ -260,27 +261,74 @@ def trainer_config(spec: StageSpec, *, world_size: int = 1, create_seed: bool = 
     )
 
 
-def run(spec: StageSpec, *, create_seed: bool = False) -> dict[str, Any]:
-    """Train the stage in this process (under torchrun); rank 0 writes ``result.json``.
+def final_checkpoint(spec: StageSpec) -> Path:
+    """Where a stage's last step writes its checkpoint: the next stage of a chain loads it."""
+    _, stage = spec.plan_stage()
+    return Path(spec.work_dir) / "checkpoint" / f"step-{stage.steps}"
 
-    With ``create_seed`` (one process only) write the initial weights and return."""
+
+def run_chain(
+    specs: list[StageSpec], *, seed_first: bool = False, seed_only: bool = False
+) -> list[dict[str, Any]]:
+    """Train stages in order in this process (under torchrun); rank 0 writes each one's
+    ``result.json`` as it finishes. Each stage gets a torchtitan Trainer of its own (built from
+    its spec, closed before the next), all in one process group: the start-up a separate
+    launch per stage would pay again (interpreter, torch and torchtitan imports, process
+    group) is paid once. A later stage's ``init_checkpoint`` is typically the previous one's
+    :func:`final_checkpoint`. torchtitan re-seeds (``debug.seed``) and rebuilds the model,
+    optimizer, dataloader and meshes in every Trainer, so a stage trains the same numbers as
+    in a launch of its own (``tests/test_pretrain.py`` compares them bit for bit).
+
+    ``seed_first`` (one process only) writes the first stage's initial weights before
+    training; ``seed_only`` writes them and returns (no results)."""
     compat.isolate_imports()
     import torch.distributed as dist
     from torchtitan.tools.logging import init_logger
 
+    if (seed_first or seed_only) and int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        raise ValueError("a seed checkpoint is written by one process (WORLD_SIZE=1)")
     compat.apply()
     init_logger()
+    if seed_first or seed_only:
+        _write_seed(specs[0])
+    results = []
+    for spec in [] if seed_only else specs:
+        _release_memory()  # the previous Trainer's model and optimizer, before this one's
+        results.append(_train(spec))
+    if dist.is_initialized():  # (after a failure the rank just exits; torchrun stops the rest)
+        dist.destroy_process_group()
+    return results
+
+
+def _release_memory() -> None:
+    """Free a closed Trainer's tensors now (its reference cycles would keep them until a
+    later garbage collection), and on CUDA the cached blocks, so two stages never coexist."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _write_seed(spec: StageSpec) -> None:
+    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    trainer = trainer_config(spec, create_seed=True).build()
+    try:
+        trainer.checkpointer.save(curr_step=0, last_step=True)
+    finally:
+        trainer.close()
+
+
+def _train(spec: StageSpec) -> dict[str, Any]:
+    """One stage in this process; rank 0 writes its ``result.json``, then all ranks meet."""
+    import torch.distributed as dist
+
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = trainer_config(spec, world_size=world, create_seed=create_seed)
-    if create_seed:
-        trainer = config.build()
-        try:
-            trainer.checkpointer.save(curr_step=0, last_step=True)
-        finally:
-            trainer.close()
-        return {"seed_checkpoint": str(seed_checkpoint(work))}
+    config = trainer_config(spec, world_size=world)
     resumed_from = checkpoints(work)[-1].name if checkpoints(work) else None
     start_step = int(resumed_from.split("-")[1]) if resumed_from else 0
     trainer = config.build()
@@ -309,7 +357,6 @@ def run(spec: StageSpec, *, create_seed: bool = False) -> dict[str, Any]:
         (work / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
     return result
 
 
@@ -351,5 +398,14 @@ def loss_ok(
     return finite and last < first, {"first_loss": first, "last_loss": last, "finite": finite}
 
 
+def main(argv: list[str]) -> None:
+    """``spec.json [spec.json ...] [--seed | --seed-first]`` (see :func:`run_chain`)."""
+    paths = [a for a in argv if not a.startswith("--")]
+    if not paths:
+        raise SystemExit("usage: trainer SPEC.json [SPEC.json ...] [--seed | --seed-first]")
+    specs = [StageSpec.load(Path(p)) for p in paths]
+    run_chain(specs, seed_first="--seed-first" in argv, seed_only="--seed" in argv)
+
+
 if __name__ == "__main__":
-    run(StageSpec.load(Path(sys.argv[1])), create_seed="--seed" in sys.argv[2:])
+    main(sys.argv[1:])
