@@ -7,7 +7,12 @@ import dagster as dg
 from assets import curriculum, evaluation, pretrain, refinery
 from assets.console import quiet_framework_warnings
 from assets.corpus import RAW_ASSETS, RAW_CHECKS, corpus_summary
-from assets.resources import RecipeResource, StoreResource, VersionedStoreIOManager
+from assets.resources import (
+    RecipeResource,
+    StoreResource,
+    TeacherResource,
+    VersionedStoreIOManager,
+)
 
 quiet_framework_warnings()  # Dagster's beta/preview API notices, for `dagster dev` runs too
 
@@ -65,6 +70,7 @@ def build_resources(store_root: str = "", recipe: str = "") -> dict:
         "store": StoreResource(root=store_root),
         "io_manager": VersionedStoreIOManager(root=store_root),
         "launcher": pretrain.LauncherResource(),
+        "teacher": TeacherResource(),
     }
 
 

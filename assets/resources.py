@@ -154,3 +154,21 @@ class VersionedStoreIOManager(dg.ConfigurableIOManager):
             if recorded is not None:
                 return store.localize(store.get(key.to_python_identifier(), str(recorded.value)))
         return store.localize(store.require(key.to_python_identifier()))
+
+
+class TeacherResource(dg.ConfigurableResource):
+    """The recipe's ``teacher`` as a generation engine, loaded once per run process (every
+    asset of a run that asks for it shares one model in memory)."""
+
+    def engine(self, recipe: Recipe):
+        """A :class:`~nanbeige_data.models.GenerationEngine` for ``recipe.teacher``."""
+        return _teacher_engine(recipe.teacher)
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher_engine(cfg):
+    from nanbeige_train.generation import load_engine
+
+    return load_engine(
+        cfg.model, backend=cfg.backend, dtype=cfg.dtype, chat=cfg.chat, batch_size=cfg.batch_size
+    )

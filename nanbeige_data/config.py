@@ -49,3 +49,23 @@ class SandboxConfig(Section):
     mode: Literal["bubblewrap", "limits-only"] = "bubblewrap"
     max_processes: PositiveInt = 32  # processes (threads included) a run may hold at once
     tmp_mb: PositiveInt = 64  # size of the private /tmp, the run's only writable place
+
+
+class TeacherConfig(Section):
+    """The model that writes synthetic data, SFT targets and distillation positives: the
+    packaged SmolLM2-135M-Instruct, a ``.gguf``, a Hugging Face model directory, or an
+    OpenAI-compatible server (``http://host:port/v1``; ``vllm serve`` at scale)."""
+
+    # how the teacher runs, not which teacher it is
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"backend", "dtype", "batch_size", "timeout_s", "max_retries"}
+    )
+
+    model: str = "smollm2-135m-instruct"  # packaged name, .gguf, model dir, or http(s) URL
+    served_name: str | None = None  # the server's model name (None: the first of /v1/models)
+    chat: bool = True  # prompts go in as a user turn of the model's chat template
+    backend: Literal["torch", "vllm"] = "torch"  # for a local model
+    dtype: Dtype = "auto"
+    batch_size: PositiveInt = 32  # rows decoded together (local torch engine)
+    timeout_s: Annotated[float, Field(gt=0)] = 300.0  # per server request
+    max_retries: Annotated[int, Field(ge=0)] = 2  # per server request, on timeouts and 5xx

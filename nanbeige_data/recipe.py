@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError, field_validator
 
-from nanbeige_data.config import RecipeError, SandboxConfig, Section
+from nanbeige_data.config import RecipeError, SandboxConfig, Section, TeacherConfig
 from nanbeige_data.corpus.config import CorpusChecks, CorpusConfig, DomainSource
 from nanbeige_data.evaluation.config import EvalConfig, EvalSetConfig
 from nanbeige_data.posttraining.config import RLConfig, SFTConfig
@@ -67,6 +67,7 @@ __all__ = [
     "SandboxConfig",
     "Section",
     "StageConfig",
+    "TeacherConfig",
     "TagDimension",
     "TaggingConfig",
     "TierConfig",
@@ -87,6 +88,7 @@ class Recipe(Section):
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
     sandbox: SandboxConfig = SandboxConfig()  # how model-written code runs (eval, SFT, RL)
+    teacher: TeacherConfig = TeacherConfig()  # who writes synthetic data and SFT/DPD targets
 
     @field_validator("sandbox", mode="before")
     @classmethod
