@@ -8,6 +8,7 @@ nanbeige lineage <asset> [--version ID] [--json]         the versions it was mad
 nanbeige stale [--recipe R] [--all]                      what is stale or missing, and why
 nanbeige run --stale                                     re-materialize only those
 nanbeige plan [tiny|nanbeige4-3b|path.yaml]              a recipe's FG-WSD plan, no data
+nanbeige serve [--model smollm2-135m-instruct] [--port 8000]   an OpenAI-compatible teacher
 """
 
 from __future__ import annotations
@@ -275,6 +276,19 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """An OpenAI-compatible server over our engine, until interrupted (nanbeige_train/serve.py)."""
+    from nanbeige_train import serve
+    from nanbeige_train.generation import TeacherError
+
+    try:
+        serve.serve_from_args(args)
+    except TeacherError as exc:  # a model that cannot be loaded: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nanbeige", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("--store")
     sql.add_argument("--rows", type=int, default=40)
     sql.set_defaults(fn=cmd_sql)
+    srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    from nanbeige_train.serve import add_arguments
+
+    add_arguments(srv)
+    srv.set_defaults(fn=cmd_serve)
     args = parser.parse_args(argv)
     if getattr(args, "log_level", "INFO").upper() != "DEBUG":
         # third-party progress bars (datatrove's dedup, sentence-transformers) print over the

@@ -158,7 +158,8 @@ class VersionedStoreIOManager(dg.ConfigurableIOManager):
 
 class TeacherResource(dg.ConfigurableResource):
     """The recipe's ``teacher`` as a generation engine, loaded once per run process (every
-    asset of a run that asks for it shares one model in memory)."""
+    asset of a run that asks for it shares one model in memory): a local model, or an
+    OpenAI-compatible server when ``teacher.model`` is an http(s) URL."""
 
     def engine(self, recipe: Recipe):
         """A :class:`~nanbeige_data.models.GenerationEngine` for ``recipe.teacher``."""
@@ -167,8 +168,6 @@ class TeacherResource(dg.ConfigurableResource):
 
 @functools.lru_cache(maxsize=2)
 def _teacher_engine(cfg):
-    from nanbeige_train.generation import load_engine
+    from nanbeige_train.generation import load_teacher
 
-    return load_engine(
-        cfg.model, backend=cfg.backend, dtype=cfg.dtype, chat=cfg.chat, batch_size=cfg.batch_size
-    )
+    return load_teacher(cfg)  # a local model, or an OpenAI-compatible server for a URL
