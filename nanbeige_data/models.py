@@ -18,6 +18,12 @@ Trade-offs:
   scores, which is why the dtype used is recorded with every version that a model wrote.
 * GGUF weights are de-quantized on load with transformers' own GGUF reader (no ``accelerate``,
   no ``gguf`` C build), into the requested dtype; its progress bar is switched off for that call.
+  That reader parses the file three times in Python (tokenizer, config, weights: about 20 s for
+  the packaged model on 2 cores), so a process keeps the last two GGUF loads (file, size,
+  mtime, dtype) and hands the same model object to the next stage that asks (the judge, the
+  reference eval and the teacher of one ``nanbeige run``). Callers treat a loaded model as
+  read-only (eval mode, no weight or config edits); one that must change it loads a copy
+  with ``fresh=True``.
 """
 
 from __future__ import annotations
@@ -155,24 +161,34 @@ def _load_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_causal_lm(spec: str, dtype: str = "auto") -> tuple[Any, Any]:
+def load_causal_lm(spec: str, dtype: str = "auto", *, fresh: bool = False) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) for the packaged name, a ``.gguf`` file or a local HF
-    model dir, in ``resolve_dtype(dtype)``."""
+    model dir, in ``resolve_dtype(dtype)``. A GGUF load is shared within the process (see the
+    module docstring) unless ``fresh``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, resolve_dtype(dtype))
+    resolved = resolve_dtype(dtype)
+    torch_dtype = getattr(torch, resolved)
+    gguf = packaged_smollm2_gguf() if spec == PACKAGED_MODEL else Path(spec)
+    if gguf.suffix == ".gguf" and not fresh:
+        stat = gguf.stat()
+        return _shared_gguf(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns, resolved)
     with _quiet_loading():
-        if spec == PACKAGED_MODEL:
-            model, tokenizer = _load_gguf(packaged_smollm2_gguf(), torch_dtype)
-        elif spec.endswith(".gguf"):
-            model, tokenizer = _load_gguf(Path(spec), torch_dtype)
+        if gguf.suffix == ".gguf":
+            model, tokenizer = _load_gguf(gguf, torch_dtype)
         elif Path(spec).is_dir():
             tokenizer = AutoTokenizer.from_pretrained(spec)
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
         else:
             raise ValueError(f"model {spec!r}: not {PACKAGED_MODEL!r}, a .gguf or a model dir")
     return model.to(torch_dtype).eval(), tokenizer
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_gguf(path: str, size: int, mtime_ns: int, dtype: str) -> tuple[Any, Any]:
+    """One GGUF load per (file, size, mtime, dtype) for the process."""
+    return load_causal_lm(path, dtype, fresh=True)
 
 
 def load_embedder(dtype: str = "auto") -> Any:
