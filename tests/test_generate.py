@@ -1,10 +1,18 @@
-"""Generation engines on a real model: the packaged SmolLM2-135M-Instruct, in fp32 on CPU."""
+"""Generation engines on a real model: the packaged SmolLM2-135M-Instruct, in fp32 on CPU.
+
+The continuous batch is held to what a row-at-a-time run gives: the same samples (same seeds)
+whatever the batch size, token budget or refills, greedy tokens equal to full recomputation,
+log-probabilities equal to re-scoring, stop strings found where a full decode finds them."""
 
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
 
 import pytest
 
 from nanbeige_train.generation import SamplingParams, TorchEngine, load_engine
+from nanbeige_train.generation.torch_engine import StopWatch
 
 PROMPTS = ["What is 7 + 5? Answer with a number.", "Name one colour of the rainbow."]
 
@@ -90,3 +98,101 @@ def test_progress_hook_sees_every_step_and_the_end(engine):
     assert calls[-1] == (4, total)  # 2 prompts x 2 samples, all tokens
     assert len(calls) > 2 and calls == sorted(calls)  # per step, never going back
     assert (2, sum(len(s.token_ids) for s in out[0])) in calls  # the first batch's end
+
+
+# --------------------------------------------------------------------------- continuous batch
+
+MIXED = [*PROMPTS, "Write one word that rhymes with cat.", "Count from one to five in words."]
+
+
+def _engine(engine, **kw) -> TorchEngine:
+    return TorchEngine(engine.model, engine.tokenizer, chat=True, **kw)
+
+
+def _continuous_steps(durations: list[int], slots: int) -> int:
+    """Sampling steps of a batch that refills a finished row's slot at the next step."""
+    queue, live, steps = deque(durations), [], 0
+    while queue or live:
+        while queue and len(live) < slots:
+            live.append(queue.popleft())
+        steps += 1
+        live = [d - 1 for d in live if d > 1]
+    return steps
+
+
+def _static_steps(durations: list[int], slots: int) -> int:
+    return sum(max(durations[i : i + slots]) for i in range(0, len(durations), slots))
+
+
+def test_finished_rows_are_refilled_at_once_and_samples_keep_their_order(engine):
+    params = SamplingParams(n=2, temperature=0.9, top_p=0.9, max_tokens=10, stop=(".",), seed=5)
+    one = _engine(engine, batch_size=1).generate(MIXED, params)
+    three = _engine(engine, batch_size=3)
+    out = three.generate(MIXED, params)
+    assert _ids(out) == _ids(one)  # order, count and tokens of a row-at-a-time run
+    assert [len(row) for row in out] == [2] * len(MIXED)
+    # a row is live for its tokens plus the EOS it sampled, if any
+    durations = [len(s.token_ids) + (s.finish_reason == "eos") for row in out for s in row]
+    assert len(set(durations)) > 1  # rows end at different steps: refilling matters
+    assert three.stats["steps"] == _continuous_steps(durations, 3)
+    assert three.stats["steps"] < _static_steps(durations, 3)
+    assert three.stats["row_steps"] == sum(durations) and three.stats["peak_rows"] == 3
+
+
+def test_token_budget_bounds_the_live_rows_and_not_the_samples(engine):
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=11)
+    longest = max(len(engine._encode(p)) for p in MIXED[:3]) + params.max_tokens
+    tight = _engine(engine, batch_size=64, max_batch_tokens=2 * longest)
+    wide = _engine(engine, batch_size=64)
+    together = wide.generate(MIXED[:3], params)
+    assert _ids(tight.generate(MIXED[:3], params)) == _ids(together)
+    assert tight.stats["peak_rows"] == 2 and wide.stats["peak_rows"] == 2 * 3
+    alone = _engine(engine, max_batch_tokens=1)  # a row larger than the budget runs alone
+    assert _ids(alone.generate(MIXED[:1], params)) == _ids(together[:1])
+    assert alone.stats["peak_rows"] == 1
+
+
+def test_greedy_cache_with_refills_matches_recomputation(engine):
+    params = SamplingParams(n=2, temperature=0, max_tokens=8, stop=(",",))
+    cached = _engine(engine, batch_size=3).generate(MIXED[1:], params)
+    recomputed = _engine(engine, batch_size=3, use_cache=False).generate(MIXED[1:], params)
+    assert _ids(cached) == _ids(recomputed)
+    assert [s.finish_reason for r in cached for s in r] == [
+        s.finish_reason for r in recomputed for s in r
+    ]
+
+
+def test_logprobs_of_refilled_rows_agree_with_scoring(engine):
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.9, max_tokens=6, seed=2)
+    out = _engine(engine, batch_size=3).generate(MIXED[1:], params)
+    for prompt, row in zip(MIXED[1:], out, strict=True):
+        for sample in row:
+            scored = engine.score_ids(engine._encode(prompt), sample.token_ids)
+            assert sample.logprobs == pytest.approx(scored, abs=2e-3)
+
+
+def test_stop_watch_finds_stops_where_a_full_decode_does(engine):
+    tok = engine.tokenizer
+    text = "Les élèves ont dit: « naïve » 🙂 puis 12 + 30 = 42, voilà.\nFin 🙂🙂 done"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces)  # some character is split over tokens
+    for stop in ("🙂", "= 42", "\nFin", "lèves ont", "à.", "never there"):
+        watch = StopWatch(tok, (stop,))
+        found = next((k for k, i in enumerate(ids) if watch.push(i)), None)
+        full = next((k for k in range(len(ids)) if stop in tok.decode(ids[: k + 1])), None)
+        assert found == full, stop
+    assert watch.text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_a_stop_string_across_tokens_ends_the_sample_at_its_last_token(engine):
+    greedy = SamplingParams(n=1, temperature=0, max_tokens=12)
+    free = engine.generate(PROMPTS[:1], greedy)[0][0]
+    tok = engine.tokenizer
+    # a stop string made of the end of one token and the start of the next
+    k = next(k for k in range(1, len(free.token_ids)) if len(tok.decode(free.token_ids[k])) > 1)
+    head, nxt = tok.decode(free.token_ids[:k]), tok.decode(free.token_ids[k])
+    stop = head[-1] + nxt[:-1] if len(nxt) > 1 else head[-1] + nxt
+    stopped = engine.generate(PROMPTS[:1], replace(greedy, stop=(stop,)))[0][0]
+    assert stopped.finish_reason == "stop" and stopped.text.endswith(stop)
+    assert stopped.token_ids == free.token_ids[: k + 1]
