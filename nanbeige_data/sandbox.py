@@ -186,9 +186,11 @@ def bubblewrap_argv(cfg: SandboxConfig, token: str) -> list[str]:
         "--unshare-cgroup-try", "--disable-userns", "--hostname", "sandbox",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
         "--die-with-parent", "--new-session",
+        # the private /tmp first: an interpreter tree under /tmp (a venv in a checkout there)
+        # is then mounted over it, read-only, instead of being hidden by it
+        "--size", str(cfg.tmp_mb * 2**20), "--tmpfs", SANDBOX_TMP,
         *_system_mounts(), *_interpreter_mounts(),
         "--proc", "/proc", "--dev", "/dev",
-        "--size", str(cfg.tmp_mb * 2**20), "--tmpfs", SANDBOX_TMP,
         "--remount-ro", "/", "--remount-ro", "/dev",
         "--chdir", SANDBOX_TMP, "--clearenv", *env,
         "--",

@@ -460,3 +460,12 @@ def test_results_and_descriptions_name_the_mode():
     assert "no network" in sandbox.describe(BWRAP)
     assert "NO isolation" in sandbox.describe(LIMITS)
     assert sys.executable  # the sandbox runs the pipeline's own interpreter
+
+
+def test_an_interpreter_under_tmp_is_mounted_over_the_private_tmp(monkeypatch):
+    """A checkout (and its venv) under /tmp, as a CI clone may be: the venv is bound after the
+    tmpfs, so the tmpfs does not hide it (found by a fresh clone in /tmp failing every run)."""
+    monkeypatch.setattr(sys, "prefix", "/tmp/some-clone/.venv")
+    argv = sandbox.bubblewrap_argv(BWRAP, "token")
+    binds = [i for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1].startswith("/tmp")]
+    assert binds and argv.index("--tmpfs") < min(binds)
