@@ -149,7 +149,8 @@ def test_must_finish_needs_the_last_line(cfg):
         "import sys\nsys.exit(0)",
         "import os\nos._exit(0)",
         "print(open(__file__).read())\nimport os\nos._exit(0)",
-        "import glob, os\nfor f in glob.glob('*'):\n    print(open(f).read())\nos._exit(0)",
+        "import glob, os\nfor f in filter(os.path.isfile, glob.glob('*')):\n"
+        "    print(open(f).read())\nos._exit(0)",
     )
     for hack in hacks:
         result = run_code(hack, sandbox=cfg, must_finish=True)
